@@ -1,0 +1,128 @@
+"""OpenAI-style entry points: model names, checkpoint loading, `load` and `tokenize`.
+
+Official trainers do `from clip import clip` and use `clip._MODELS`, `clip._download`, `clip.tokenize` and
+`clip.build_model`; those names are here with the same behaviour.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+
+from .download import OPENAI_MODELS, download
+from .model import CLIP, METADATA_KEYS, build_model, infer_config
+from .random_models import RANDOM_MODELS, random_state_dict
+from .simple_tokenizer import EOT, SOT, SimpleTokenizer
+
+__all__ = ["available_models", "build_model", "load", "load_state_dict", "tokenize"]
+
+_MODELS = OPENAI_MODELS
+_download = download
+
+# CLIP's image normalisation statistics.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def available_models() -> list[str]:
+    """Names of OpenAI's pretrained models (random test architectures are listed by clip.random_models)."""
+    return list(_MODELS)
+
+
+def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
+    """State dict of a TorchScript archive (OpenAI's format) or of a plain saved state dict."""
+    try:
+        with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI's files are TorchScript
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(path, map_location="cpu").eval().state_dict()
+    except RuntimeError:
+        pass  # not a TorchScript archive: try a plain state dict
+    try:
+        state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(f"{path} is neither a TorchScript archive nor a torch-saved state dict: {error}") from error
+    if not isinstance(state_dict, dict) or not all(
+            isinstance(value, torch.Tensor) or key in METADATA_KEYS for key, value in state_dict.items()):
+        raise ValueError(f"{path} does not hold a CLIP state dict (a dict of parameter name -> tensor); "
+                         f"found {type(state_dict).__name__}")
+    return dict(state_dict)
+
+
+def load_state_dict(name: str, path: str = "", download_root: str | None = None) -> dict[str, torch.Tensor]:
+    """CLIP weights as an OpenAI-format state dict.
+
+    `path` non-empty: read that local file (this is MODEL.BACKBONE.PATH). Otherwise `name` is an OpenAI
+    model (downloaded, cached, SHA-256 verified) or a random architecture ("RandomInit-...")."""
+    if path:
+        path = os.path.expanduser(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"CLIP checkpoint {path} (MODEL.BACKBONE.PATH) does not exist")
+        state_dict = _read_checkpoint(path)
+        source = path
+    elif name in _MODELS:
+        source = _download(_MODELS[name], download_root)
+        state_dict = _read_checkpoint(source)
+    elif name in RANDOM_MODELS:
+        return random_state_dict(name)
+    else:
+        raise ValueError(f"Unknown CLIP model '{name}'; valid names: {available_models() + list(RANDOM_MODELS)}, "
+                         "or set MODEL.BACKBONE.PATH to a checkpoint file")
+    infer_config(state_dict, source)  # a file that is not CLIP fails here, naming the file
+    return state_dict
+
+
+def _to_rgb(image):
+    return image.convert("RGB")
+
+
+def _preprocess(n_px: int):
+    # torchvision is needed only for this image pipeline, so it is imported here.
+    from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
+
+    return Compose([
+        Resize(n_px, interpolation=InterpolationMode.BICUBIC),
+        CenterCrop(n_px),
+        _to_rgb,
+        ToTensor(),
+        Normalize(MEAN, STD),
+    ])
+
+
+def load(name: str, device: str | torch.device = "cpu", jit: bool = False,
+         download_root: str | None = None) -> tuple[CLIP, object]:
+    """(model, preprocess) as OpenAI's clip.load: `name` is a model name or a checkpoint path; on CPU the
+    model is cast to fp32. Only the eager model exists here, so jit=True is refused."""
+    if jit:
+        raise ValueError("jit=True is not supported: this package builds an eager CLIP model (use jit=False)")
+    is_file = name not in _MODELS and name not in RANDOM_MODELS and os.path.isfile(os.path.expanduser(name))
+    state_dict = load_state_dict(name, path=name if is_file else "", download_root=download_root)
+    model = build_model(state_dict, source=name).to(device)
+    if torch.device(device).type == "cpu":
+        model.float()
+    return model, _preprocess(model.visual.input_resolution)
+
+
+@functools.lru_cache(maxsize=None)
+def _tokenizer() -> SimpleTokenizer:
+    return SimpleTokenizer()
+
+
+def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = False) -> torch.Tensor:
+    """LongTensor [N, context_length]: SOT, BPE ids, EOT, zero padding. Too long -> RuntimeError unless
+    `truncate`, which cuts and keeps EOT as the last token."""
+    if isinstance(texts, str):
+        texts = [texts]
+    tokenizer = _tokenizer()
+    sot, eot = tokenizer.encoder[SOT], tokenizer.encoder[EOT]
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for row, text in enumerate(texts):
+        ids = [sot, *tokenizer.encode(text), eot]
+        if len(ids) > context_length:
+            if not truncate:
+                raise RuntimeError(f"Input {text} is too long for context length {context_length} "
+                                   f"({len(ids)} tokens); pass truncate=True to cut it")
+            ids = ids[:context_length - 1] + [eot]
+        result[row, :len(ids)] = torch.tensor(ids)
+    return result
