@@ -1,0 +1,375 @@
+"""The trainer life-cycle: `TrainerBase` (registered models, checkpoints, LR stepping, tensorboard),
+`SimpleTrainer` (config, data, evaluation, resume) and `TrainerX` (the labelled-data epoch loop).
+
+A method subclasses TrainerX, implements `build_model` (registering its model, optimizer and scheduler
+with `register_model`) and `forward_backward(batch)` (returning a dict of losses), and steps the scheduler
+itself on the last batch of each epoch (`update_lr()`), as the official trainers do.
+"""
+import datetime
+import math
+import os.path as osp
+import time
+from collections import OrderedDict
+from typing import Dict, List, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+from dassl.data import DataManager
+from dassl.evaluation import build_evaluator
+from dassl.utils import (
+    AverageMeter,
+    MetricMeter,
+    capture_rng_state,
+    load_checkpoint,
+    load_trainable_state_dict,
+    mkdir_if_missing,
+    resume_from_checkpoint,
+    save_checkpoint,
+    tolist_if_not,
+    trainable_state_dict,
+)
+
+
+class TrainerBase:
+    """Holds the registered models with their optimizers and schedulers, keyed by name."""
+
+    def __init__(self) -> None:
+        self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
+        self._optims: "OrderedDict[str, Optional[torch.optim.Optimizer]]" = OrderedDict()
+        self._scheds: "OrderedDict[str, object]" = OrderedDict()
+        self._writer = None
+
+    def register_model(self, name: str = "model", model: Optional[nn.Module] = None, optim=None, sched=None) -> None:
+        """Register `model` (and its optimizer / scheduler) under `name`, which is also its checkpoint folder."""
+        if self.__dict__.get("_models") is None:
+            raise AttributeError("Cannot assign model before super().__init__() call")
+        if self.__dict__.get("_optims") is None:
+            raise AttributeError("Cannot assign optim before super().__init__() call")
+        if self.__dict__.get("_scheds") is None:
+            raise AttributeError("Cannot assign sched before super().__init__() call")
+        if name in self._models:
+            raise KeyError(f"A model named {name!r} is already registered")
+        self._models[name] = model
+        self._optims[name] = optim
+        self._scheds[name] = sched
+
+    def get_model_names(self, names: Union[None, str, List[str]] = None) -> List[str]:
+        registered = list(self._models.keys())
+        if names is None:
+            return registered
+        names = tolist_if_not(names)
+        for name in names:
+            if name not in registered:
+                raise KeyError(f"No model registered as {name!r}; registered: {registered}")
+        return names
+
+    def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None, model_name: str = "") -> None:
+        """Save each registered model to `<directory>/<name>/` (epoch stored 1-based). Frozen parameters are left
+        out (checkpoints hold the trained prompts, not the frozen backbone); the RNG states are stored so that
+        a resumed run continues exactly."""
+        rng_state = capture_rng_state()
+        for name in self.get_model_names():
+            optim, sched = self._optims[name], self._scheds[name]
+            state = {
+                "state_dict": trainable_state_dict(self._models[name]),
+                "epoch": epoch + 1,
+                "optimizer": optim.state_dict() if optim is not None else None,
+                "scheduler": sched.state_dict() if sched is not None else None,
+                "val_result": val_result,
+                "rng_state": rng_state,
+            }
+            save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
+
+    def resume_model_if_exist(self, directory: str) -> int:
+        """Resume every registered model from `directory` if all their checkpoint folders exist; returns the
+        number of finished epochs (0 when training from scratch)."""
+        names = self.get_model_names()
+        if any(not osp.exists(osp.join(directory, name)) for name in names):
+            print("No checkpoint found, train from scratch")
+            return 0
+        print(f"Found checkpoint at {directory} (will resume training)")
+        start_epoch = 0
+        for name in names:
+            start_epoch = resume_from_checkpoint(
+                osp.join(directory, name), self._models[name], self._optims[name], self._scheds[name]
+            )
+        return start_epoch
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load `model.pth.tar-<epoch>` (or `model-best.pth.tar` when epoch is None) into every registered model."""
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            model_path = osp.join(directory, name, model_file)
+            if not osp.exists(model_path):
+                raise FileNotFoundError(f'Model not found at "{model_path}"')
+            checkpoint = load_checkpoint(model_path)
+            val_result = checkpoint.get("val_result")
+            val_text = "None" if val_result is None else f"{val_result:.1f}"
+            print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={val_text})")
+            load_trainable_state_dict(self._models[name], checkpoint["state_dict"], model_path)
+
+    def set_model_mode(self, mode: str = "train", names=None) -> None:
+        for name in self.get_model_names(names):
+            if mode == "train":
+                self._models[name].train()
+            elif mode in ("test", "eval"):
+                self._models[name].eval()
+            else:
+                raise KeyError(f"Model mode must be 'train', 'test' or 'eval', got {mode!r}")
+
+    def update_lr(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._scheds[name] is not None:
+                self._scheds[name].step()
+
+    def detect_anomaly(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss).all():
+            raise FloatingPointError("Loss is infinite or NaN!")
+
+    def init_writer(self, log_dir: str) -> None:
+        if self.__dict__.get("_writer") is None:
+            # imported here: tensorboard takes seconds to import and eval-only runs never need it
+            from torch.utils.tensorboard import SummaryWriter
+
+            print(f"Initialize tensorboard (log_dir={log_dir})")
+            self._writer = SummaryWriter(log_dir=log_dir)
+
+    def close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def write_scalar(self, tag: str, scalar_value, global_step=None) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, scalar_value, global_step)
+
+    def train(self, start_epoch: int, max_epoch: int) -> None:
+        self.start_epoch = start_epoch
+        self.max_epoch = max_epoch
+        self.before_train()  # may move start_epoch forward (resume)
+        for self.epoch in range(self.start_epoch, self.max_epoch):
+            self.before_epoch()
+            self.run_epoch()
+            self.after_epoch()
+        self.after_train()
+
+    def before_train(self) -> None:
+        pass
+
+    def after_train(self) -> None:
+        pass
+
+    def before_epoch(self) -> None:
+        pass
+
+    def after_epoch(self) -> None:
+        pass
+
+    def run_epoch(self) -> None:
+        raise NotImplementedError
+
+    def test(self, split: Optional[str] = None):
+        raise NotImplementedError
+
+    def parse_batch_train(self, batch):
+        raise NotImplementedError
+
+    def parse_batch_test(self, batch):
+        raise NotImplementedError
+
+    def forward_backward(self, batch) -> Dict[str, float]:
+        raise NotImplementedError
+
+    def model_inference(self, input):
+        raise NotImplementedError
+
+    def model_zero_grad(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].zero_grad()
+
+    def model_backward(self, loss: torch.Tensor) -> None:
+        self.detect_anomaly(loss)
+        loss.backward()
+
+    def model_update(self, names=None) -> None:
+        for name in self.get_model_names(names):
+            if self._optims[name] is not None:
+                self._optims[name].step()
+
+    def model_backward_and_update(self, loss: torch.Tensor, names=None) -> None:
+        self.model_zero_grad(names)
+        self.model_backward(loss)
+        self.model_update(names)
+
+
+class SimpleTrainer(TrainerBase):
+    """A trainer driven by a config: data from DataManager, one evaluator, resume from the output folder."""
+
+    def __init__(self, cfg) -> None:
+        super().__init__()
+        self.check_cfg(cfg)
+        if torch.cuda.is_available() and cfg.USE_CUDA:
+            self.device = torch.device("cuda")
+        else:
+            self.device = torch.device("cpu")
+        self.start_epoch = self.epoch = 0
+        self.max_epoch = cfg.OPTIM.MAX_EPOCH
+        self.output_dir = cfg.OUTPUT_DIR
+        self.cfg = cfg
+        self.build_data_loader()
+        self.build_model()
+        self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
+        self.best_result = -np.inf
+
+    def check_cfg(self, cfg) -> None:
+        """Hook for a trainer to validate its config keys (e.g. PREC) before anything is built."""
+
+    def build_data_loader(self) -> None:
+        dm = DataManager(self.cfg)
+        self.train_loader_x = dm.train_loader_x
+        self.train_loader_u = dm.train_loader_u
+        self.val_loader = dm.val_loader
+        self.test_loader = dm.test_loader
+        self.num_classes = dm.num_classes
+        self.num_source_domains = dm.num_source_domains
+        self.lab2cname = dm.lab2cname
+        self.dm = dm
+
+    def build_model(self) -> None:
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement build_model() and register its model with register_model()"
+        )
+
+    def train(self) -> None:
+        super().train(self.start_epoch, self.max_epoch)
+
+    def before_train(self) -> None:
+        directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
+        self.start_epoch = self.resume_model_if_exist(directory)
+        writer_dir = osp.join(self.output_dir, "tensorboard")
+        mkdir_if_missing(writer_dir)
+        self.init_writer(writer_dir)
+        self.time_start = time.time()
+
+    def after_train(self) -> None:
+        print("Finish training")
+        if not self.cfg.TEST.NO_TEST:
+            if self.cfg.TEST.FINAL_MODEL == "best_val":
+                print("Deploy the model with the best val performance")
+                self.load_model(self.output_dir)
+            else:
+                print("Deploy the last-epoch model")
+            self.test()
+        elapsed = datetime.timedelta(seconds=round(time.time() - self.time_start))
+        print(f"Elapsed: {elapsed}")
+        self.close_writer()
+
+    def after_epoch(self) -> None:
+        last_epoch = (self.epoch + 1) == self.max_epoch
+        freq = self.cfg.TRAIN.CHECKPOINT_FREQ
+        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
+            curr_result = self.test(split="val")
+            if curr_result > self.best_result:
+                self.best_result = curr_result
+                self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
+        if meet_checkpoint_freq or last_epoch:
+            self.save_model(self.epoch, self.output_dir)
+
+    @torch.no_grad()
+    def test(self, split: Optional[str] = None) -> float:
+        """Evaluate on `split` (TEST.SPLIT by default; "val" falls back to test without a val set); returns the
+        first result (accuracy)."""
+        self.set_model_mode("eval")
+        self.evaluator.reset()
+        if split is None:
+            split = self.cfg.TEST.SPLIT
+        if split == "val" and self.val_loader is not None:
+            data_loader = self.val_loader
+        else:
+            split = "test"
+            data_loader = self.test_loader
+        print(f"Evaluate on the *{split}* set")
+        for batch in tqdm(data_loader):
+            input, label = self.parse_batch_test(batch)
+            output = self.model_inference(input)
+            self.evaluator.process(output, label)
+        results = self.evaluator.evaluate()
+        for k, v in results.items():
+            self.write_scalar(f"{split}/{k}", v, self.epoch)
+        return list(results.values())[0]
+
+    def model_inference(self, input):
+        return self.model(input)
+
+    def parse_batch_test(self, batch):
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def get_current_lr(self, names=None) -> float:
+        name = self.get_model_names(names)[0]
+        return self._optims[name].param_groups[0]["lr"]
+
+
+def _check_finite(loss_summary, epoch: int, max_epoch: int, batch_idx: int, num_batches: int) -> None:
+    # official trainers back-propagate themselves (no detect_anomaly), so a diverged run is caught here
+    if not isinstance(loss_summary, dict):
+        return
+    for key, value in loss_summary.items():
+        number = value.detach().float().sum().item() if isinstance(value, torch.Tensor) else value
+        if isinstance(number, (int, float)) and not math.isfinite(number):
+            raise FloatingPointError(
+                f"{key} is {number} at epoch [{epoch + 1}/{max_epoch}] batch [{batch_idx + 1}/{num_batches}];"
+                " training stopped (lower OPTIM.LR or use TRAINER.<NAME>.PREC fp32/amp)"
+            )
+
+
+class TrainerX(SimpleTrainer):
+    """Training with labelled data only (train_loader_x)."""
+
+    def run_epoch(self) -> None:
+        self.set_model_mode("train")
+        losses = MetricMeter()
+        batch_time = AverageMeter()
+        data_time = AverageMeter()
+        self.num_batches = len(self.train_loader_x)
+        print_freq = self.cfg.TRAIN.PRINT_FREQ
+
+        end = time.time()
+        for self.batch_idx, batch in enumerate(self.train_loader_x):
+            data_time.update(time.time() - end)
+            loss_summary = self.forward_backward(batch)
+            batch_time.update(time.time() - end)
+            _check_finite(loss_summary, self.epoch, self.max_epoch, self.batch_idx, self.num_batches)
+            losses.update(loss_summary)
+
+            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+                remaining = self.num_batches - self.batch_idx - 1 + (self.max_epoch - self.epoch - 1) * self.num_batches
+                eta = datetime.timedelta(seconds=int(batch_time.avg * remaining))
+                print(
+                    f"epoch [{self.epoch + 1}/{self.max_epoch}] "
+                    f"batch [{self.batch_idx + 1}/{self.num_batches}] "
+                    f"time {batch_time.val:.3f} ({batch_time.avg:.3f}) "
+                    f"data {data_time.val:.3f} ({data_time.avg:.3f}) "
+                    f"{losses} "
+                    f"lr {self.get_current_lr():.4e} "
+                    f"eta {eta}"
+                )
+
+            n_iter = self.epoch * self.num_batches + self.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
+            end = time.time()
+
+    def parse_batch_train(self, batch):
+        input = batch["img"].to(self.device)
+        label = batch["label"].to(self.device)
+        domain = batch["domain"].to(self.device)
+        return input, label, domain

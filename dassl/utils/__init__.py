@@ -1,0 +1,25 @@
+from .logger import Logger, setup_logger
+from .meters import AverageMeter, MetricMeter
+from .registry import Registry, check_availability, get_most_similar_str_to_a_from_b
+from .rng import capture_rng_state, restore_rng_state
+from .tools import (
+    check_isfile,
+    collect_env_info,
+    import_submodules,
+    listdir_nohidden,
+    mkdir_if_missing,
+    read_image,
+    read_json,
+    set_random_seed,
+    tolist_if_not,
+    write_json,
+)
+from .torchtools import (
+    count_num_param,
+    load_checkpoint,
+    load_pretrained_weights,
+    load_trainable_state_dict,
+    resume_from_checkpoint,
+    save_checkpoint,
+    trainable_state_dict,
+)
