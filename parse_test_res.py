@@ -1,0 +1,107 @@
+"""Mean ± spread of a metric over the seed runs of an experiment, and protocol tables.
+
+Official usage (same output format as the CoOp / MaPLe / PromptSRC parser)::
+
+    python parse_test_res.py output/base2new/train_base/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx
+    python parse_test_res.py output/base2new/test_new/dtd/shots_16/MaPLe/vit_b16_c2_ep5_batch4_2ctx --test-log
+    python parse_test_res.py output/evaluation/MaPLe/vit_b16_c2_ep5_batch4_2ctx_cross_datasets_16shots --test-log --multi-exp
+
+Protocol view (one row per dataset, base / novel / HM per trainer, Markdown + CSV + PNG)::
+
+    python parse_test_res.py --protocol base2new output/base2new --out results/
+
+Differences from the official parser (PROTOCOL.md §8 items 1 and 8): both ``Finish training`` and
+``Finished training`` end a training log, and a re-run's newest log (``log.txt-<timestamp>``) that holds a
+result is read instead of always the first ``log.txt``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from scripts.logs import collect_runs, mean, spread, visible_subdirs
+from scripts.tables import Base2NewTable, to_markdown, write_csv, write_plot
+
+PROTOCOLS = ("base2new",)
+
+
+class NothingFound(Exception):
+    pass
+
+
+def summarize_directory(directory: str, keyword: str = "accuracy", test_log: bool = False, ci95: bool = False) -> float:
+    """Print each seed's result and their mean ± spread (official format); return the mean."""
+    print(f"Parsing files in {directory}")
+    runs = collect_runs(directory, keyword, test_log)
+    if not runs:
+        hint = "" if test_log else " (evaluation-only runs need --test-log)"
+        raise NothingFound(f"Nothing found in {directory}{hint}")
+    for run in runs:
+        print(f"file: {run.log_path}. {keyword}: {run.value:.2f}%. ")
+    values = [run.value for run in runs]
+    print("===")
+    print(f"Summary of directory: {directory}")
+    print(f"* {keyword}: {mean(values):.2f}% +- {spread(values, ci95):.2f}%")
+    print("===")
+    return mean(values)
+
+
+def summarize_experiments(directory: str, keyword: str, test_log: bool, ci95: bool) -> float:
+    """``--multi-exp``: summarise every experiment folder under ``directory``, then the mean of their means."""
+    means = [summarize_directory(os.path.join(directory, name), keyword, test_log, ci95)
+             for name in visible_subdirs(directory)]
+    if not means:
+        raise NothingFound(f"No experiment folders in {directory}")
+    print("Average performance")
+    print(f"* {keyword}: {mean(means):.2f}%")
+    return mean(means)
+
+
+def report_base2new(root: str, out_dir: str | None, keyword: str, plot: bool) -> Base2NewTable:
+    """Print the base-to-novel table; with ``out_dir``, also write base2new.{md,csv,png} there."""
+    table = Base2NewTable.from_tree(root, keyword)
+    markdown = to_markdown(table)
+    print(markdown, end="")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, "base2new.md"), "w", encoding="utf-8") as handle:
+            handle.write(markdown)
+        write_csv(table, os.path.join(out_dir, "base2new.csv"))
+        print(f"Wrote {os.path.join(out_dir, 'base2new.md')} and base2new.csv")
+        if plot:
+            write_plot(table, os.path.join(out_dir, "base2new.png"))
+            print(f"Wrote {os.path.join(out_dir, 'base2new.png')}")
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("directory", help="experiment folder holding seed*/ runs (or the protocol root with --protocol)")
+    parser.add_argument("--ci95", action="store_true", help="report the 95%% confidence half-width instead of the std")
+    parser.add_argument("--test-log", action="store_true", help="read evaluation-only logs (result after '=> result')")
+    parser.add_argument("--multi-exp", action="store_true", help="directory holds several experiment folders")
+    parser.add_argument("--keyword", default="accuracy", help="metric name in '* <keyword>: X%%' lines")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="table view of a whole protocol output tree")
+    parser.add_argument("--out", help="with --protocol: folder for the Markdown, CSV and PNG files")
+    parser.add_argument("--no-plot", action="store_true", help="with --protocol --out: skip the PNG")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.protocol == "base2new":
+            report_base2new(args.directory, args.out, args.keyword, plot=not args.no_plot)
+        elif args.multi_exp:
+            summarize_experiments(args.directory, args.keyword, args.test_log, args.ci95)
+        else:
+            summarize_directory(args.directory, args.keyword, args.test_log, args.ci95)
+    except (NothingFound, FileNotFoundError, RuntimeError) as error:
+        print(f"parse_test_res.py: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Base-to-novel, step 1: train on the base classes of DATASET with SHOTS shots per class (PROTOCOL.md §5.1).
+# The run folder's final test is the base accuracy.
+set -euo pipefail
+USAGE="Usage: bash scripts/base2new_train.sh DATASET SEED [KEY VALUE ...]
+
+Trains TRAINER on the base half of DATASET's classes into
+  \$OUTPUT_ROOT/base2new/train_base/DATASET/shots_\$SHOTS/\$TRAINER/\$CFG/seedSEED
+then prints 'base accuracy: X%'. A folder without a result is resumed; a finished one is skipped.
+Then run scripts/base2new_test.sh with the same arguments for the novel accuracy."
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+expect_args 2 -1 "$@"
+DATASET="$1"
+SEED="$2"
+shift 2
+check_dataset "$DATASET"
+check_uint SEED "$SEED"
+load_settings
+resolve_cfg base2new "$DATASET"
+collect_opts "$@"
+
+DIR="$(base2new_dir train_base "$DATASET" "$SEED")"
+check_only "$DIR"
+
+base_cmd "$DATASET" "$SEED" "$DIR"
+CMD+=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base ${OPTS[@]+"${OPTS[@]}"})
+run_job base train "$DIR"

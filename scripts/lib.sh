@@ -1,0 +1,287 @@
+# shellcheck shell=bash
+# Shared by every protocol script (sourced, not run): argument checks, config resolution, output paths,
+# and the one way a run is started, skipped or resumed. See docs/REPRODUCING.md for the protocols.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# User-given relative paths (DATA, OUTPUT_ROOT, weights) mean relative to where the user stands.
+CALLER_DIR="$PWD"
+cd "$REPO_ROOT"
+
+PYTHON="${PYTHON:-python3}"
+
+COMMON_ENV_HELP="Environment:
+  TRAINER      trainer (default MaPLe); one of the folders of configs/trainers/
+  CFG          config name in configs/trainers/\$TRAINER/ (default: the protocol's official config,
+               or 'demo' for the demo dataset)
+  DATA         dataset root (default ./data in the repository)
+  SHOTS        shots per class (default 16)
+  LOADEP       epoch to evaluate (default: OPTIM.MAX_EPOCH of the config and overrides)
+  EXTRA_OPTS   extra 'KEY VALUE' config overrides, split on spaces; trailing script arguments are
+               overrides too and may contain spaces, e.g. TRAINER.MAPLE.CTX_INIT 'a photo of a'
+  OUTPUT_ROOT  where the output/ tree goes (default ./output in the repository)
+  FORCE=1      run even when the run folder already holds a final result
+  PYTHON       interpreter (default python3)"
+
+# ---------------------------------------------------------------- messages and argument checks
+
+list_datasets() {
+    local file
+    for file in configs/datasets/*.yaml; do
+        [ -e "$file" ] && basename "$file" .yaml
+    done
+}
+
+list_trainers() {
+    local dir
+    for dir in configs/trainers/*/; do
+        [ -d "$dir" ] && basename "$dir"
+    done
+    # Zero-shot CLIP runs on CoOp's configs, as in the official zsclip script.
+    echo ZeroshotCLIP
+}
+
+usage_text() {
+    echo "$USAGE"
+    echo
+    echo "Datasets: $(list_datasets | paste -sd' ')"
+    echo "Trainers: $(list_trainers | paste -sd' ')"
+    echo
+    echo "$COMMON_ENV_HELP"
+}
+
+# Print the calling script's USAGE (set before sourcing) with the valid names, then exit.
+usage() {
+    local status="${1:-0}"
+    if [ "$status" = 0 ]; then usage_text; else usage_text >&2; fi
+    exit "$status"
+}
+
+die_usage() {
+    echo "error: $*" >&2
+    echo >&2
+    usage 2
+}
+
+die() {
+    echo "error: $*" >&2
+    exit 1
+}
+
+# Handle -h/--help and check the positional count: expect_args MIN MAX "$@"
+expect_args() {
+    local min="$1" max="$2"
+    shift 2
+    case "${1:-}" in -h|--help) usage 0 ;; esac
+    if [ "$#" -lt "$min" ]; then
+        die_usage "expected at least $min argument(s), got $#"
+    fi
+    if [ "$max" -ge 0 ] && [ "$#" -gt "$max" ]; then
+        die_usage "expected at most $max argument(s), got $#"
+    fi
+}
+
+check_dataset() {
+    [ -f "configs/datasets/$1.yaml" ] || die_usage "unknown dataset '$1' (no configs/datasets/$1.yaml)"
+}
+
+check_trainer() {
+    local names
+    names="$(list_trainers)"
+    grep -qxF -- "$1" <<<"$names" && return 0
+    die_usage "unknown trainer '$1' (no configs/trainers/$1/)"
+}
+
+check_uint() {  # NAME VALUE
+    [[ "$2" =~ ^[0-9]+$ ]] || die_usage "$1 must be a non-negative integer, got '$2'"
+}
+
+# An absolute path for a user-given one, relative paths taken from the caller's directory.
+from_caller() {
+    case "$1" in
+        /*) echo "$1" ;;
+        *) echo "$CALLER_DIR/$1" ;;
+    esac
+}
+
+# ---------------------------------------------------------------- configuration
+
+# Set the common settings from the environment, checked. Call after the script has set DATASET.
+load_settings() {
+    TRAINER="${TRAINER:-MaPLe}"
+    SHOTS="${SHOTS:-16}"
+    if [ -n "${DATA:-}" ]; then DATA="$(from_caller "$DATA")"; else DATA="$REPO_ROOT/data"; fi
+    if [ -n "${OUTPUT_ROOT:-}" ]; then OUT="$(from_caller "$OUTPUT_ROOT")"; else OUT="$REPO_ROOT/output"; fi
+    check_trainer "$TRAINER"
+    check_uint SHOTS "$SHOTS"
+}
+
+# The official config of a protocol step for a trainer: default_cfg PROTOCOL TRAINER
+default_cfg() {
+    case "$1/$2" in
+        */ZeroshotCLIP) echo vit_b16 ;;
+        xd/MaPLe) echo vit_b16_c2_ep5_batch4_2ctx_cross_datasets ;;
+        # The official PromptSRC xd scripts name an "ep5" file that does not exist (PROTOCOL §8 item 27).
+        xd/PromptSRC) echo vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets ;;
+        xd/CoOp) echo vit_b16_ep50 ;;
+        fewshot/PromptSRC) echo vit_b16_c2_ep50_batch4_4+4ctx_few_shot ;;
+        */MaPLe) echo vit_b16_c2_ep5_batch4_2ctx ;;
+        */IVLP) echo vit_b16_c2_ep5_batch4_2+2ctx ;;
+        */VPT) echo vit_b16_c2_ep5_batch4_4 ;;
+        */CoCoOp) echo vit_b16_c4_ep10_batch1_ctxv1 ;;
+        */PromptSRC) echo vit_b16_c2_ep20_batch4_4+4ctx ;;
+        */CoOp) echo vit_b16 ;;
+        *) die "no default config for trainer '$2' in protocol '$1': set CFG (see configs/trainers/$2/)" ;;
+    esac
+}
+
+config_dir() {
+    if [ "$1" = ZeroshotCLIP ]; then echo configs/trainers/CoOp; else echo "configs/trainers/$1"; fi
+}
+
+# Set CFG and CONFIG_FILE: resolve_cfg PROTOCOL DATASET_THAT_PICKS_THE_DEMO_CONFIG
+resolve_cfg() {
+    if [ -z "${CFG:-}" ]; then
+        if [ "$2" = demo ]; then CFG=demo; else CFG="$(default_cfg "$1" "$TRAINER")"; fi
+    fi
+    local dir
+    dir="$(config_dir "$TRAINER")"
+    CONFIG_FILE="$dir/$CFG.yaml"
+    if [ ! -f "$CONFIG_FILE" ]; then
+        local available=()
+        local file
+        for file in "$dir"/*.yaml; do
+            [ -e "$file" ] && available+=("$(basename "$file" .yaml)")
+        done
+        die_usage "no config '$CONFIG_FILE' for TRAINER=$TRAINER; CFG may be one of: ${available[*]:-(none)}"
+    fi
+}
+
+# OPTS: the trailing script arguments plus EXTRA_OPTS, as config overrides.
+collect_opts() {
+    OPTS=("$@")
+    if [ -n "${EXTRA_OPTS:-}" ]; then
+        local extra
+        read -r -a extra <<<"$EXTRA_OPTS"
+        OPTS+=("${extra[@]}")
+    fi
+    if [ $(( ${#OPTS[@]} % 2 )) -ne 0 ]; then
+        die_usage "config overrides must be KEY VALUE pairs, got: ${OPTS[*]}"
+    fi
+}
+
+# CoOp's method keys come from the command line in its official few-shot and evaluation scripts.
+coop_settings() {
+    NCTX="${NCTX:-16}"
+    CSC="${CSC:-False}"
+    CTP="${CTP:-end}"
+    COOP_OPTS=(TRAINER.COOP.N_CTX "$NCTX" TRAINER.COOP.CSC "$CSC" TRAINER.COOP.CLASS_TOKEN_POSITION "$CTP")
+    COOP_SUFFIX="/nctx${NCTX}_csc${CSC}_ctp${CTP}"
+}
+
+# Set METHOD_OPTS and METHOD_SUFFIX for the all-class protocols (few-shot, cross-dataset).
+method_settings() {
+    METHOD_OPTS=()
+    METHOD_SUFFIX=""
+    if [ "$TRAINER" = CoOp ]; then
+        coop_settings
+        METHOD_OPTS=("${COOP_OPTS[@]}")
+        METHOD_SUFFIX="$COOP_SUFFIX"
+    fi
+}
+
+# Set LOADEP: the environment's, else the config's OPTIM.MAX_EPOCH after overrides (Dassl default 10).
+resolve_loadep() {
+    if [ -z "${LOADEP:-}" ]; then
+        local args=("$CONFIG_FILE" OPTIM.MAX_EPOCH --default 10)
+        # "--" keeps override values such as "-1" from being read as options.
+        if [ "${#OPTS[@]}" -gt 0 ]; then args+=(-- "${OPTS[@]}"); fi
+        LOADEP="$("$PYTHON" -m scripts.config_value "${args[@]}")" \
+            || die "could not read OPTIM.MAX_EPOCH from $CONFIG_FILE"
+    fi
+    check_uint LOADEP "$LOADEP"
+}
+
+# ---------------------------------------------------------------- output paths (PROTOCOL.md §5)
+
+base2new_dir() {  # SPLIT (train_base, test_base, test_new) DATASET SEED
+    echo "$OUT/base2new/$1/$2/shots_$SHOTS/$TRAINER/$CFG/seed$3"
+}
+
+all_class_dir() {  # DATASET SEED: few-shot and cross-dataset source training on all classes
+    echo "$OUT/$1/$TRAINER/${CFG}_${SHOTS}shots${METHOD_SUFFIX}/seed$2"
+}
+
+evaluation_dir() {  # DATASET SEED: cross-dataset / domain-generalisation targets
+    echo "$OUT/evaluation/$TRAINER/${CFG}_${SHOTS}shots${METHOD_SUFFIX}/$1/seed$2"
+}
+
+# ---------------------------------------------------------------- running
+
+# The run's result when its newest log shows one (the single definition of "finished").
+run_result() {  # DIR [--test-log]
+    "$PYTHON" -m scripts.run_result "$@"
+}
+
+# The base command every run shares: base_cmd DATASET SEED DIR (SEED may be empty: no --seed)
+base_cmd() {
+    CMD=("$PYTHON" train.py --root "$DATA")
+    if [ -n "$2" ]; then CMD+=(--seed "$2"); fi
+    CMD+=(--trainer "$TRAINER" --dataset-config-file "configs/datasets/$1.yaml"
+          --config-file "$CONFIG_FILE" --output-dir "$3")
+}
+
+# With CHECK_FINISHED=1 (used by sweep.sh) only report whether DIR is finished: print its result and exit 0
+# if so, else exit 1.
+check_only() {  # DIR [--test-log]
+    if [ "${CHECK_FINISHED:-0}" = 1 ]; then
+        if run_result "$@"; then exit 0; else exit 1; fi
+    fi
+}
+
+# Run CMD for DIR unless it already holds a result; print "LABEL accuracy: X%" at the end.
+# A folder without a result is resumed (train.py continues from its last checkpoint), as officially.
+# kind is "train" or "test" (evaluation-only).
+run_job() {  # LABEL KIND DIR
+    local label="$1" kind="$2" dir="$3"
+    local flag=()
+    if [ "$kind" = test ]; then flag=(--test-log); fi
+    local value
+    if [ "${FORCE:-0}" != 1 ] && value="$(run_result "$dir" ${flag[@]+"${flag[@]}"})"; then
+        echo "Results are available in ${dir}: finished, skipping (FORCE=1 runs it again)."
+    else
+        if [ -d "$dir" ]; then
+            echo "Results are available in ${dir}. Resuming..."
+        else
+            echo "Run this job and save the output to ${dir}"
+        fi
+        echo "+ $(printf '%q ' "${CMD[@]}")"
+        "${CMD[@]}"
+        value="$(run_result "$dir" ${flag[@]+"${flag[@]}"})" \
+            || die "train.py ended without a final result in $dir (see its log.txt)"
+    fi
+    echo "$label accuracy: ${value}%"
+}
+
+require_model_dir() {  # DIR HINT
+    [ -d "$1" ] || die "no trained model in $1 ($2)"
+}
+
+# Few-shot and cross-dataset source training share one shape: all classes, SHOTS shots, skip when finished.
+train_all_classes() {  # PROTOCOL DATASET SEED [KEY VALUE ...]
+    local protocol="$1"
+    DATASET="$2"
+    SEED="$3"
+    shift 3
+    check_dataset "$DATASET"
+    check_uint SEED "$SEED"
+    load_settings
+    resolve_cfg "$protocol" "$DATASET"
+    collect_opts "$@"
+    method_settings
+    DIR="$(all_class_dir "$DATASET" "$SEED")"
+    check_only "$DIR"
+    base_cmd "$DATASET" "$SEED" "$DIR"
+    CMD+=(DATASET.NUM_SHOTS "$SHOTS" ${METHOD_OPTS[@]+"${METHOD_OPTS[@]}"} ${OPTS[@]+"${OPTS[@]}"})
+    run_job "$DATASET" train "$DIR"
+}

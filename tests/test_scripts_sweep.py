@@ -1,0 +1,62 @@
+"""The real scripts end to end on the demo dataset: a base-to-novel sweep over two CPU slots."""
+import csv
+import glob
+import os
+import subprocess
+
+from scripts.logs import newest_result
+from scripts.tables import harmonic_mean
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PASSED_THROUGH = ("TRAINER", "CFG", "LOADEP", "SUB", "SOURCE", "FORCE", "CHECK_FINISHED", "MODEL_DIR",
+                  "RESULTS_DIR", "SWEEP_LOGS", "DRY_RUN")
+
+
+def sweep(tmp_path, trainers):
+    env = {k: v for k, v in os.environ.items() if k not in PASSED_THROUGH}
+    env.update({
+        "TRAINERS": trainers, "DATASETS": "demo", "SEEDS": "1,2", "STEPS": "base2new", "GPUS": "cpu,cpu",
+        "DATA": "data", "OUTPUT_ROOT": "out",  # relative to the caller's directory, not the repository
+        # Keep each demo run to seconds; the test step must then load epoch 1 and use the 4-shot folders.
+        "EXTRA_OPTS": "OPTIM.MAX_EPOCH 1", "SHOTS": "4",
+    })
+    return subprocess.run(["bash", os.path.join(ROOT, "scripts", "sweep.sh")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_base2new_sweep_failure_isolation_table_and_rerun(tmp_path):
+    # A third trainer entry names a config that does not exist: its jobs fail, the others must finish.
+    first = sweep(tmp_path, "MaPLe,CoOp,IVLP:no_such_config")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "12 jobs: 8 run and finished, 0 already finished (skipped), 2 failed, 2 blocked" in first.stdout
+    failed = [line for line in first.stdout.splitlines() if line.strip().startswith("FAILED")]
+    assert len(failed) == 2 and all("IVLP:no_such_config" in line for line in failed)
+    failed_log = os.path.join(str(tmp_path), "out", "sweep_logs", "base2new_train", "IVLP_no_such_config", "demo",
+                              "seed1.log")
+    assert "CFG may be one of" in open(failed_log, encoding="utf-8").read()
+    assert "BLOCKED  base2new_test IVLP:no_such_config demo seed2" in first.stdout
+
+    # The aggregator's table: both trainers, each cell the mean over the two seeds, HM of those means.
+    out = os.path.join(str(tmp_path), "out")
+    with open(os.path.join(out, "results", "base2new.csv"), newline="", encoding="utf-8") as handle:
+        rows = {(row["dataset"], row["trainer"]): row for row in csv.DictReader(handle)}
+    for trainer in ("MaPLe", "CoOp"):
+        common = os.path.join("demo", "shots_4", trainer, "demo")
+        base = [newest_result(os.path.join(out, "base2new", "train_base", common, f"seed{s}")).value for s in (1, 2)]
+        novel = [newest_result(os.path.join(out, "base2new", "test_new", common, f"seed{s}"), test_log=True).value
+                 for s in (1, 2)]
+        row = rows[("demo", trainer)]
+        assert (row["base_seeds"], row["novel_seeds"]) == ("2", "2")
+        assert abs(float(row["base"]) - sum(base) / 2) < 1e-3
+        assert abs(float(row["novel"]) - sum(novel) / 2) < 1e-3
+        assert abs(float(row["hm"]) - harmonic_mean(sum(base) / 2, sum(novel) / 2)) < 1e-3
+        # The test loaded the epoch that training saved (MAX_EPOCH overridden to 1).
+        assert glob.glob(os.path.join(out, "base2new", "train_base", common, "seed1", "*", "model.pth.tar-1"))
+    assert "| demo |" in open(os.path.join(out, "results", "base2new.md"), encoding="utf-8").read()
+
+    logs_before = sorted(glob.glob(os.path.join(out, "base2new", "**", "log.txt*"), recursive=True))
+    second = sweep(tmp_path, "MaPLe,CoOp")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Sweep: 8 jobs, 8 already finished, 0 to run" in second.stdout
+    assert "[start]" not in second.stdout
+    assert sorted(glob.glob(os.path.join(out, "base2new", "**", "log.txt*"), recursive=True)) == logs_before
