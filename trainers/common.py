@@ -1,0 +1,509 @@
+"""The pieces every prompt-learning trainer shares, in one place so each trainer file only says what is
+particular to its method:
+
+- backbone loading (`MODEL.BACKBONE.NAME` / `.PATH` / `.CACHE_DIR`) and the precision modes (`Precision`);
+- text context initialisation from `CTX_INIT` (CoOp/CoCoOp re-derive N_CTX from the phrase, MaPLe/IVLP keep
+  N_CTX and use the phrase only when N_CTX <= 4) and the class-name token buffers (`TextPromptLearner`);
+- `PromptedCLIP`: the frozen CLIP plus a prompt learner, with the evaluation cache of image-independent
+  class features and vision prompts, and chunked text encoding at evaluation;
+- `PromptTrainer`: build_model (freezing verified), the forward_backward skeleton and a `load_model` that
+  drops the class-name buffers (base -> novel) and accepts the official checkpoints.
+
+Prompt parameters are always fp32 "master" tensors; they are cast to the activation dtype where they enter
+the frozen CLIP (clip/ does that at every insertion point).
+"""
+from __future__ import annotations
+
+import contextlib
+import os.path as osp
+import re
+from dataclasses import dataclass
+from itertools import chain
+from typing import Callable, ContextManager, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from clip import clip
+from clip.model import fused_attention
+from clip.simple_tokenizer import SimpleTokenizer
+from dassl.engine import TrainerX
+from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.utils import load_checkpoint, load_pretrained_weights
+
+PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+
+_tokenizer = SimpleTokenizer()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Precision
+
+
+def check_precision(name: str, key: str) -> None:
+    """Raise a ValueError naming the config key and the valid choices when `name` is not a known mode."""
+    if name not in PRECISIONS:
+        raise ValueError(f"{key} must be one of {', '.join(PRECISIONS)}; got {name!r}")
+
+
+class Precision:
+    """One of the precision modes of a trainer.
+
+    fp32: everything in fp32. fp16: the frozen CLIP keeps OpenAI's half-precision weights, the prompts stay
+    fp32 master tensors cast to fp16 where they enter CLIP (the official code trains fp16 prompts directly,
+    which is NaN-prone). amp: fp32 weights, autocast to fp16, loss scaled by a GradScaler. bf16: fp32
+    weights, autocast to bf16 (no scaler needed: bf16 has fp32's exponent range).
+    """
+
+    def __init__(self, name: str, device: torch.device, key: str = "PREC"):
+        check_precision(name, key)
+        self.name = name
+        self.device_type = torch.device(device).type
+        self.scaler = torch.amp.GradScaler(self.device_type) if name == "amp" else None
+
+    def prepare(self, clip_model: nn.Module) -> nn.Module:
+        """`clip.build_model` returns OpenAI's fp16 weights; every mode but fp16 computes from fp32 weights."""
+        return clip_model if self.name == "fp16" else clip_model.float()
+
+    def autocast(self) -> ContextManager:
+        if self.name == "amp":
+            return torch.autocast(self.device_type, dtype=torch.float16)
+        if self.name == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def backward_and_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        optimizer.zero_grad()
+        if self.scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(optimizer)
+            self.scaler.update()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Backbone
+
+
+def load_clip_model(cfg, precision: Precision) -> nn.Module:
+    """The frozen CLIP named by MODEL.BACKBONE (an OpenAI name, downloaded and verified by clip/, or the
+    local checkpoint MODEL.BACKBONE.PATH), with weights in the dtype `precision` computes from."""
+    backbone = cfg.MODEL.BACKBONE
+    source = f", file: {backbone.PATH}" if backbone.PATH else ""
+    print(f"Loading CLIP (backbone: {backbone.NAME}{source})")
+    state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
+    return precision.prepare(clip.build_model(state_dict))
+
+
+def check_input_size(cfg, clip_model: nn.Module) -> None:
+    resolution = clip_model.visual.input_resolution
+    if cfg.INPUT.SIZE[0] != resolution:
+        raise ValueError(
+            f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the input resolution {resolution} of the backbone "
+            f"{cfg.MODEL.BACKBONE.NAME!r}; set INPUT.SIZE ({resolution}, {resolution})"
+        )
+
+
+def vision_width(clip_model: nn.Module, method: str) -> int:
+    """Hidden width of the vision transformer; a clear error for ResNet backbones, which take no prompts."""
+    visual = clip_model.visual
+    if not hasattr(visual, "class_embedding"):
+        raise ValueError(
+            f"{method} puts prompts into the vision transformer and needs a ViT backbone (e.g. ViT-B/16); "
+            f"the loaded backbone is a ModifiedResNet ({type(visual).__name__})"
+        )
+    return visual.class_embedding.shape[-1]
+
+
+def check_depth(depth: int, layers: int, key: str) -> None:
+    if not 1 <= depth <= layers:
+        raise ValueError(f"{key} must be between 1 and {layers} (the backbone's number of layers); got {depth}")
+
+
+# --------------------------------------------------------------------------------------------------------
+# Prompt parameters
+
+
+def init_text_context(
+    clip_model: nn.Module, n_ctx: int, ctx_init: str, derive_n_ctx: bool, n_cls_specific: int = 0
+) -> tuple[nn.Parameter, str, int]:
+    """Learnable text context vectors, the prompt prefix string and the number of context tokens.
+
+    With `derive_n_ctx` (CoOp, CoCoOp) a non-empty CTX_INIT sets n_ctx to its number of words. Otherwise
+    (MaPLe, IVLP) the phrase is used only when n_ctx <= 4 and n_ctx stays as configured: the context is
+    the embeddings of the phrase's first n_ctx tokens while the prefix string is the whole phrase (so with
+    N_CTX 2 and "a photo of a" the input is [SOS] ctx ctx "of a <class>."). Random contexts are
+    normal(std 0.02) in CLIP's dtype, class-specific when `n_cls_specific` > 0, with prefix "X X ...".
+    Values are rounded through CLIP's dtype exactly like the official initialisation, then kept in fp32.
+    """
+    dtype = clip_model.dtype
+    width = clip_model.ln_final.weight.shape[0]
+    ctx_init = ctx_init.replace("_", " ")
+    if ctx_init and (derive_n_ctx or n_ctx <= 4):
+        if derive_n_ctx:
+            n_ctx = len(ctx_init.split(" "))
+        tokens = clip.tokenize(ctx_init).to(clip_model.token_embedding.weight.device)
+        n_tokens = int(tokens.argmax(dim=-1)) - 1
+        if n_tokens < n_ctx:
+            raise ValueError(
+                f"CTX_INIT {ctx_init!r} has {n_tokens} tokens, fewer than N_CTX {n_ctx}; use a longer phrase, "
+                f"a smaller N_CTX or an empty CTX_INIT"
+            )
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(tokens).to(dtype)
+        ctx = embedding[0, 1 : 1 + n_ctx].float()
+        prefix = ctx_init
+    else:
+        shape = (n_cls_specific, n_ctx, width) if n_cls_specific else (n_ctx, width)
+        ctx = torch.empty(shape, dtype=dtype)
+        nn.init.normal_(ctx, std=0.02)
+        ctx = ctx.float()
+        prefix = " ".join(["X"] * n_ctx)
+    return nn.Parameter(ctx.clone()), prefix, n_ctx
+
+
+def prompt_parameters(count: int, n_tokens: int, width: int) -> nn.ParameterList:
+    """`count` independent fp32 prompt tensors [n_tokens, width], normal(std 0.02) as in the official code."""
+    params = nn.ParameterList(nn.Parameter(torch.empty(n_tokens, width)) for _ in range(count))
+    for param in params:
+        nn.init.normal_(param, std=0.02)
+    return params
+
+
+def round_to_dtype_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Round a module's (fp32 master) parameters through `dtype`, reproducing the official initial values of
+    modules it casts to CLIP's dtype (e.g. MaPLe's `proj.half()`), while training continues in fp32."""
+    with torch.no_grad():
+        for param in module.parameters():
+            param.copy_(param.to(dtype))
+    return module
+
+
+# --------------------------------------------------------------------------------------------------------
+# Prompt learners
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """The exact speed-ups (TRAINER.SPEEDUPS.*) and the evaluation text chunk (TRAINER.EVAL_TEXT_CHUNK)."""
+
+    text_truncation: bool = True
+    eval_cache: bool = True
+    fused_attention: bool = True
+    text_chunk: int = 256
+
+    @classmethod
+    def from_cfg(cls, cfg) -> "SpeedOptions":
+        speedups = cfg.TRAINER.SPEEDUPS
+        return cls(speedups.TEXT_TRUNCATION, speedups.EVAL_CACHE, speedups.FUSED_ATTENTION, cfg.TRAINER.EVAL_TEXT_CHUNK)
+
+    def chunk_size(self, total: int) -> int:
+        """Rows per text-encoder call: chunks only when no gradient is kept (evaluation)."""
+        if torch.is_grad_enabled() or self.text_chunk <= 0:
+            return max(total, 1)
+        return self.text_chunk
+
+
+class PromptLearner(nn.Module):
+    """What a method learns on the image-independent side: per-class text features, and the prompts of the
+    vision transformer (the shallow ones appended to the patch tokens and one tensor per deeper layer)."""
+
+    n_cls: int
+
+    def class_text_features(self, clip_model: nn.Module, options: SpeedOptions) -> torch.Tensor:
+        """[n_cls, embed_dim] text features (not normalised)."""
+        raise NotImplementedError
+
+    def vision_prompts(self) -> tuple[Optional[torch.Tensor], list[torch.Tensor]]:
+        return None, []
+
+
+class FixedTextLearner(PromptLearner):
+    """Hand-crafted class text features computed once at build time (zero-shot CLIP, VPT). A non-persistent
+    buffer: it follows the model's device but is rebuilt from the class names, never saved."""
+
+    def __init__(self, text_features: torch.Tensor):
+        super().__init__()
+        self.n_cls = text_features.shape[0]
+        self.register_buffer("fixed_text_features", text_features, persistent=False)
+
+    def class_text_features(self, clip_model: nn.Module, options: SpeedOptions) -> torch.Tensor:
+        return self.fixed_text_features
+
+
+class TextPromptLearner(PromptLearner):
+    """Learned context tokens right after SOS of the prompts "<prefix> <class name>." (one per class).
+
+    Buffers `token_prefix` (SOS) and `token_suffix` (class tokens, ".", EOT, padding) keep the official
+    names and shapes; they are rebuilt from the current class names, so `load_model` ignores them.
+    """
+
+    def __init__(self, clip_model: nn.Module, classnames: Sequence[str], ctx: nn.Parameter, prompt_prefix: str,
+                 n_ctx: int):
+        super().__init__()
+        self.ctx = ctx
+        names = [name.replace("_", " ") for name in classnames]
+        self.name_lens = [len(_tokenizer.encode(name)) for name in names]
+        self.tokenized_prompts = clip.tokenize([f"{prompt_prefix} {name}." for name in names])
+        device = clip_model.token_embedding.weight.device
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(self.tokenized_prompts.to(device)).to(clip_model.dtype)
+        self.register_buffer("token_prefix", embedding[:, :1].clone())
+        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())
+        self.register_buffer("eot_indices", self.tokenized_prompts.argmax(dim=-1).to(device), persistent=False)
+        self.n_cls = len(names)
+        self.n_ctx = n_ctx
+
+    def class_contexts(self, index: slice) -> torch.Tensor:
+        """[n, n_ctx, width] context of the classes in `index`, in the token buffers' dtype."""
+        prefix = self.token_prefix[index]
+        ctx = self.ctx.to(prefix.dtype)
+        if ctx.dim() == 2:
+            return ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
+        return ctx[index]
+
+    def class_prompts(self, index: slice) -> torch.Tensor:
+        """Embedded prompts [n, 77, width] of the classes in `index` (no positional embedding)."""
+        return torch.cat([self.token_prefix[index], self.class_contexts(index), self.token_suffix[index]], dim=1)
+
+    def deep_text_prompts(self) -> list[torch.Tensor]:
+        """One [n_ctx, width] tensor per text layer 1.. replacing positions 1..n_ctx at its input."""
+        return []
+
+    def class_text_features(self, clip_model: nn.Module, options: SpeedOptions) -> torch.Tensor:
+        deep = self.deep_text_prompts()
+        chunk = options.chunk_size(self.n_cls)
+        features = []
+        for start in range(0, self.n_cls, chunk):
+            index = slice(start, start + chunk)
+            features.append(clip_model.encode_text_embeddings(
+                self.class_prompts(index), self.eot_indices[index], deep_prompts=deep,
+                truncate=options.text_truncation))
+        return torch.cat(features)
+
+
+@torch.no_grad()
+def encode_class_templates(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                           options: SpeedOptions) -> torch.Tensor:
+    """Hand-crafted class features: each template's features normalised, averaged over templates and
+    normalised again (one template: its normalised features; several: the ZeroshotCLIP2 ensemble)."""
+    names = [name.replace("_", " ") for name in classnames]
+    device = clip_model.token_embedding.weight.device
+    chunk = options.chunk_size(len(names))
+    total = 0
+    for template in templates:
+        parts = []
+        for start in range(0, len(names), chunk):
+            tokens = clip.tokenize([template.format(name) for name in names[start:start + chunk]]).to(device)
+            embeddings = clip_model.token_embedding(tokens).to(clip_model.dtype)
+            with fused_attention(options.fused_attention):
+                parts.append(clip_model.encode_text_embeddings(
+                    embeddings, tokens.argmax(dim=-1), truncate=options.text_truncation))
+        features = torch.cat(parts).float()
+        total = total + features / features.norm(dim=-1, keepdim=True)
+    mean = total / len(templates)
+    return mean / mean.norm(dim=-1, keepdim=True)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The prompted model
+
+
+def l2_normalize(features: torch.Tensor) -> torch.Tensor:
+    """Unit-norm fp32 features, so logits and the loss are fp32 (the official fp16 path computes the
+    cross-entropy on fp16 logits)."""
+    features = features.float()
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+class PromptedCLIP(nn.Module):
+    """The official `CustomCLIP`: a frozen CLIP (`clip_model`) and a `prompt_learner` (the only trainable
+    part). forward(image) returns logits = logit_scale.exp() * normalised image @ normalised text features.
+
+    Evaluation cache: when the prompt learner is in eval mode and no gradient is recorded, the class text
+    features and the vision prompts do not depend on the batch, so they are computed once and reused. The
+    cache is keyed on the storage and version counter of every prompt parameter and buffer (any optimizer
+    step, weight load or device/dtype move changes them) and on the autocast state; it is dropped as soon
+    as the model runs in training mode.
+    """
+
+    def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, options: SpeedOptions):
+        super().__init__()
+        # Registered first so that a CLIP module shared by mistake would show up under "prompt_learner."
+        # and be caught by `freeze_all_but_prompts`.
+        self.prompt_learner = prompt_learner
+        self.clip_model = clip_model
+        self.options = options
+        self._cache: Optional[tuple] = None
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.clip_model.dtype
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        with fused_attention(self.options.fused_attention):
+            text_features, (prompts, deep_prompts) = self.class_side()
+            image_features = self.clip_model.encode_image(image, prompts=prompts, deep_prompts=deep_prompts or None)
+        return self.logit_scale() * l2_normalize(image_features) @ text_features.t()
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.clip_model.logit_scale.exp().float()
+
+    def class_side(self) -> tuple[torch.Tensor, tuple[Optional[torch.Tensor], list[torch.Tensor]]]:
+        """(normalised class text features, vision prompts), from the cache when it is valid."""
+        if self.prompt_learner.training or torch.is_grad_enabled() or not self.options.eval_cache:
+            self._cache = None
+            return self._compute_class_side()
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self._compute_class_side())
+        return self._cache[1]
+
+    def _compute_class_side(self):
+        text_features = self.prompt_learner.class_text_features(self.clip_model, self.options)
+        return l2_normalize(text_features), self.prompt_learner.vision_prompts()
+
+    def _cache_key(self) -> tuple:
+        device_type = self.clip_model.logit_scale.device.type
+        tensors = chain(self.prompt_learner.parameters(), self.prompt_learner.buffers())
+        state = tuple((t.data_ptr(), t._version, t.dtype) for t in tensors)
+        return state, torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
+def freeze_all_but_prompts(model: PromptedCLIP) -> list[str]:
+    """Make exactly the prompt learner's parameters trainable and verify that no CLIP weight is among them."""
+    for name, param in model.named_parameters():
+        param.requires_grad_(name.startswith("prompt_learner."))
+    clip_params = {id(p) for p in model.clip_model.parameters()}
+    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
+    leaked = [name for name, p in model.named_parameters() if p.requires_grad and id(p) in clip_params]
+    if leaked:
+        raise RuntimeError(f"CLIP weights would be trained (the prompt learner holds them): {leaked}")
+    print(f"Parameters to be updated: {set(trainable)}")
+    return trainable
+
+
+# --------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+# Official IVLP / VPT checkpoints keep their prompts inside CLIP's modules; ours live in the prompt learner.
+_OFFICIAL_KEYS = (
+    (re.compile(r"image_encoder\.VPT"), "prompt_learner.vision_ctx"),
+    (re.compile(r"image_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow"), "prompt_learner.vision_deep_prompts.{}"),
+    (re.compile(r"text_encoder\.transformer\.resblocks\.(\d+)\.VPT_shallow"), "prompt_learner.text_deep_prompts.{}"),
+)
+
+
+def rename_official_vpt_key(key: str) -> str:
+    """Map the official IVLP/VPT prompt keys to ours: `image_encoder.VPT` -> `prompt_learner.vision_ctx`,
+    `image_encoder.transformer.resblocks.{i}.VPT_shallow` -> `prompt_learner.vision_deep_prompts.{i-1}`,
+    `text_encoder.transformer.resblocks.{i}.VPT_shallow` -> `prompt_learner.text_deep_prompts.{i-1}`
+    (the official layer i >= 1 owns the prompt of layer i; our lists start at layer 1). Others unchanged."""
+    for pattern, target in _OFFICIAL_KEYS:
+        match = pattern.fullmatch(key)
+        if match:
+            return target.format(*(int(g) - 1 for g in match.groups()))
+    return key
+
+
+def load_prompt_weights(module: nn.Module, state_dict: dict, rename: Callable[[str], str] = lambda k: k) -> None:
+    """Load the learned prompt weights of a checkpoint (ours or the official layout) into `module`.
+
+    Only the trainable parameters are taken: the class-name buffers `token_prefix`/`token_suffix` are
+    rebuilt from the current class names (this is what lets base-class prompts be evaluated on novel
+    classes, as in the official code) and the frozen CLIP weights come from the backbone.
+    """
+    renamed = {rename(key[len("module."):] if key.startswith("module.") else key): value
+               for key, value in state_dict.items()}
+    trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    missing = [name for name in trainable if name not in renamed]
+    if missing:
+        raise KeyError(f"the checkpoint lacks the trainable parameters {missing}; it holds {sorted(renamed)[:20]}...")
+    wrong = [f"{name}: checkpoint {tuple(renamed[name].shape)} vs model {tuple(p.shape)}"
+             for name, p in trainable.items() if renamed[name].shape != p.shape]
+    if wrong:
+        raise ValueError("checkpoint shapes differ from the model (trained with another N_CTX, PROMPT_DEPTH, CSC or "
+                         "backbone?): " + "; ".join(wrong))
+    module.load_state_dict({name: renamed[name] for name in trainable}, strict=False)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Trainer skeleton
+
+
+class PromptTrainer(TrainerX):
+    """Dassl trainer of a `PromptedCLIP`. A method sets the class attributes and `build_custom_clip`."""
+
+    METHOD_KEY = ""  # the config node TRAINER.<METHOD_KEY>
+    MODEL_NAME = ""  # registered name = checkpoint sub-folder (official names)
+    REGISTER_PROMPT_LEARNER = False  # CoOp / CoCoOp register only the prompt learner, the others the whole model
+
+    @property
+    def method_cfg(self):
+        return self.cfg.TRAINER[self.METHOD_KEY]
+
+    def check_cfg(self, cfg) -> None:
+        check_precision(cfg.TRAINER[self.METHOD_KEY].PREC, f"TRAINER.{self.METHOD_KEY}.PREC")
+
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
+        raise NotImplementedError
+
+    def rename_checkpoint_key(self, key: str) -> str:
+        return key
+
+    def build_model(self) -> None:
+        cfg = self.cfg
+        self.precision = Precision(self.method_cfg.PREC, self.device, f"TRAINER.{self.METHOD_KEY}.PREC")
+        clip_model = load_clip_model(cfg, self.precision)
+        check_input_size(cfg, clip_model)
+        clip_model.to(self.device)
+        print("Building custom CLIP")
+        self.model = self.build_custom_clip(clip_model, self.dm.dataset.classnames)
+        print("Turning off gradients in both the image and the text encoder")
+        freeze_all_but_prompts(self.model)
+        module = self.model.prompt_learner if self.REGISTER_PROMPT_LEARNER else self.model
+        if cfg.MODEL.INIT_WEIGHTS:
+            load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
+        self.model.to(self.device)
+        self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], cfg.OPTIM)
+        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.register_model(self.MODEL_NAME, module, self.optim, self.sched)
+
+    def parse_batch_train(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return batch["img"].to(self.device), batch["label"].to(self.device)
+
+    def forward_backward(self, batch: dict) -> dict:
+        image, label = self.parse_batch_train(batch)
+        with self.precision.autocast():
+            logits = self.model(image)
+            loss = F.cross_entropy(logits, label)
+        self.detect_anomaly(loss)
+        self.precision.backward_and_step(loss, self.optim)
+        summary = self.loss_summary(loss, logits, label)
+        # Per-epoch LR schedule stepped on the last batch, as every official prompt trainer does.
+        if (self.batch_idx + 1) == self.num_batches:
+            self.update_lr()
+        return summary
+
+    def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> dict:
+        return {"loss": loss.item()}
+
+    def model_inference(self, input: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            return self.model(input)
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        if not directory:
+            print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
+        for name in self.get_model_names():
+            model_path = osp.join(directory, name, model_file)
+            if not osp.exists(model_path):
+                raise FileNotFoundError(f'Model not found at "{model_path}"')
+            checkpoint = load_checkpoint(model_path)
+            print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
+            load_prompt_weights(self._models[name], checkpoint["state_dict"], self.rename_checkpoint_key)

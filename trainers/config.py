@@ -1,0 +1,89 @@
+"""The method keys of the config tree: the union of the official MaPLe / CoOp / PromptSRC `extend_cfg`
+(PROTOCOL.md §2.4) plus this project's own keys. train.py and the Python API call `extend_cfg` once,
+after `get_cfg_default()` and before any YAML is merged (yacs refuses keys it does not know).
+
+A trainer file can add keys of its own by defining a static method `extend_cfg(cfg)` on its class; it is
+called here for every registered trainer, so a new method stays one file plus one YAML.
+"""
+from yacs.config import CfgNode as CN
+
+
+def _add_official_keys(cfg: CN) -> None:
+    cfg.TRAINER.COOP = CN()
+    cfg.TRAINER.COOP.N_CTX = 16
+    cfg.TRAINER.COOP.CSC = False
+    cfg.TRAINER.COOP.CTX_INIT = ""
+    cfg.TRAINER.COOP.PREC = "fp16"
+    cfg.TRAINER.COOP.CLASS_TOKEN_POSITION = "end"
+
+    cfg.TRAINER.COCOOP = CN()
+    cfg.TRAINER.COCOOP.N_CTX = 16
+    cfg.TRAINER.COCOOP.CTX_INIT = ""
+    cfg.TRAINER.COCOOP.PREC = "fp16"
+
+    cfg.TRAINER.MAPLE = CN()
+    cfg.TRAINER.MAPLE.N_CTX = 2
+    cfg.TRAINER.MAPLE.CTX_INIT = "a photo of a"
+    cfg.TRAINER.MAPLE.PREC = "fp16"
+    cfg.TRAINER.MAPLE.PROMPT_DEPTH = 9
+
+    cfg.TRAINER.IVLP = CN()
+    cfg.TRAINER.IVLP.N_CTX_VISION = 2
+    cfg.TRAINER.IVLP.N_CTX_TEXT = 2
+    cfg.TRAINER.IVLP.CTX_INIT = "a photo of a"
+    cfg.TRAINER.IVLP.PREC = "fp16"
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.IVLP.PROMPT_DEPTH_TEXT = 9
+
+    cfg.TRAINER.VPT = CN()
+    cfg.TRAINER.VPT.N_CTX_VISION = 2
+    cfg.TRAINER.VPT.CTX_INIT = "a photo of a"
+    cfg.TRAINER.VPT.PREC = "fp16"
+    cfg.TRAINER.VPT.PROMPT_DEPTH_VISION = 1
+
+    cfg.TRAINER.PROMPTSRC = CN()
+    cfg.TRAINER.PROMPTSRC.N_CTX_VISION = 4
+    cfg.TRAINER.PROMPTSRC.N_CTX_TEXT = 4
+    cfg.TRAINER.PROMPTSRC.CTX_INIT = "a photo of a"
+    cfg.TRAINER.PROMPTSRC.PREC = "fp16"
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_VISION = 9
+    cfg.TRAINER.PROMPTSRC.PROMPT_DEPTH_TEXT = 9
+    # ints, as in the official repo (yacs type-checks overrides against the default's type)
+    cfg.TRAINER.PROMPTSRC.TEXT_LOSS_WEIGHT = 25
+    cfg.TRAINER.PROMPTSRC.IMAGE_LOSS_WEIGHT = 10
+    cfg.TRAINER.PROMPTSRC.GPA_MEAN = 15
+    cfg.TRAINER.PROMPTSRC.GPA_STD = 1
+
+    cfg.DATASET.SUBSAMPLE_CLASSES = "all"  # all, base or new
+
+
+def _add_project_keys(cfg: CN) -> None:
+    # A local CLIP checkpoint file used instead of downloading MODEL.BACKBONE.NAME (offline clusters).
+    cfg.MODEL.BACKBONE.PATH = ""
+    # Where downloaded CLIP checkpoints are cached; empty = $CLIP_CACHE_DIR or ~/.cache/clip.
+    cfg.MODEL.BACKBONE.CACHE_DIR = ""
+
+    # Exact speed-ups (same numbers, less work), all on by default; a benchmark's `--plain` mode turns
+    # every one of them off to measure the official-style path.
+    cfg.TRAINER.SPEEDUPS = CN()
+    # Drop text positions after the longest EOT before the (causal) text transformer.
+    cfg.TRAINER.SPEEDUPS.TEXT_TRUNCATION = True
+    # In eval mode, compute image-independent class features (and vision prompts) once, not per batch.
+    cfg.TRAINER.SPEEDUPS.EVAL_CACHE = True
+    # Attention through F.scaled_dot_product_attention instead of the explicit softmax(QK^T)V path.
+    cfg.TRAINER.SPEEDUPS.FUSED_ATTENTION = True
+    # Classes per text-encoder call when no gradient is needed (bounds evaluation memory on 1000-class
+    # datasets); 0 = all classes in one call. Not a speed-up: it only splits the same computation.
+    cfg.TRAINER.EVAL_TEXT_CHUNK = 256
+
+
+def extend_cfg(cfg: CN) -> None:
+    """Add every method key (official and project) and each registered trainer's own keys to `cfg`."""
+    _add_official_keys(cfg)
+    _add_project_keys(cfg)
+    from dassl.engine import TRAINER_REGISTRY
+
+    for name in TRAINER_REGISTRY.registered_names():
+        hook = getattr(TRAINER_REGISTRY.get(name), "extend_cfg", None)
+        if callable(hook):
+            hook(cfg)

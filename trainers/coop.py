@@ -1,0 +1,61 @@
+"""CoOp (Zhou et al., IJCV 2022): learned context words in front of (or around) the class name."""
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from dassl.engine import TRAINER_REGISTRY
+from dassl.metrics import compute_accuracy
+
+from .common import PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, init_text_context
+
+CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
+
+
+class PromptLearner(TextPromptLearner):
+    """Unified (or class-specific, CSC) context; the class tokens go at the end, the middle or the front."""
+
+    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module):
+        node = cfg.TRAINER.COOP
+        if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
+            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {', '.join(CLASS_TOKEN_POSITIONS)}; "
+                             f"got {node.CLASS_TOKEN_POSITION!r}")
+        class_specific = bool(node.CSC) and not node.CTX_INIT
+        if not node.CTX_INIT:
+            print("Initializing class-specific contexts" if class_specific else "Initializing a generic context")
+        ctx, prefix, n_ctx = init_text_context(clip_model, node.N_CTX, node.CTX_INIT, derive_n_ctx=True,
+                                               n_cls_specific=len(classnames) if class_specific else 0)
+        print(f'Initial context: "{prefix}"')
+        print(f"Number of context words (tokens): {n_ctx}")
+        super().__init__(clip_model, classnames, ctx, prefix, n_ctx)
+        self.class_token_position = node.CLASS_TOKEN_POSITION
+
+    def class_prompts(self, index: slice) -> torch.Tensor:
+        if self.class_token_position == "end":
+            return super().class_prompts(index)
+        prefix, suffix, ctx = self.token_prefix[index], self.token_suffix[index], self.class_contexts(index)
+        half = self.n_ctx // 2
+        rows = []
+        # The class name is name_len tokens at the start of the suffix; EOT stays where the "X .. X name."
+        # tokenisation put it, since only the order of the tokens before it changes.
+        for i, name_len in enumerate(self.name_lens[index]):
+            name, rest = suffix[i : i + 1, :name_len], suffix[i : i + 1, name_len:]
+            if self.class_token_position == "middle":
+                parts = [prefix[i : i + 1], ctx[i : i + 1, :half], name, ctx[i : i + 1, half:], rest]
+            else:
+                parts = [prefix[i : i + 1], name, ctx[i : i + 1], rest]
+            rows.append(torch.cat(parts, dim=1))
+        return torch.cat(rows)
+
+
+@TRAINER_REGISTRY.register()
+class CoOp(PromptTrainer):
+    METHOD_KEY = "COOP"
+    MODEL_NAME = "prompt_learner"
+    REGISTER_PROMPT_LEARNER = True
+
+    def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
+        return PromptedCLIP(clip_model, PromptLearner(self.cfg, classnames, clip_model), SpeedOptions.from_cfg(self.cfg))
+
+    def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> dict:
+        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
