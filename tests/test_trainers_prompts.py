@@ -8,12 +8,16 @@ import pytest
 import torch
 
 from trainers.cocoop import CoCoOpCLIP, PromptLearner as CoCoOpLearner
-from trainers.common import PromptedCLIP, SpeedOptions, freeze_all_but_prompts
-from trainers.coop import PromptLearner as CoOpLearner
+from trainers.common import PromptedCLIP, SpeedOptions
 from trainers.maple import MultiModalPromptLearner
 from trainers_testutils import REPO, demo_args, demo_trainer, fp32_clip, method_cfg
 
 CLASSNAMES = ["circle", "red_square", "a long striped triangle", "star"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +143,8 @@ def official_coop_state(model):
     ("IVLP", "IVLP/demo.yaml", official_ivlp_state),
     ("CoOp", "CoOp/demo.yaml", official_coop_state),
 ])
-def test_official_checkpoint_layout_loads(name, config, make_state, tmp_path):
-    trainer = demo_trainer(name, config, str(tmp_path / "data"), str(tmp_path / "out"))
+def test_official_checkpoint_layout_loads(name, config, make_state, data_root, tmp_path):
+    trainer = demo_trainer(name, config, data_root, str(tmp_path / "out"))
     model = trainer.model.eval()
     image = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -159,8 +163,8 @@ def test_official_checkpoint_layout_loads(name, config, make_state, tmp_path):
         torch.testing.assert_close(model(image), expected, rtol=0, atol=0)
 
 
-def test_checkpoint_of_another_configuration_is_refused(tmp_path):
-    trainer = demo_trainer("MaPLe", "MaPLe/demo.yaml", str(tmp_path / "data"), str(tmp_path / "out"))
+def test_checkpoint_of_another_configuration_is_refused(data_root, tmp_path):
+    trainer = demo_trainer("MaPLe", "MaPLe/demo.yaml", data_root, str(tmp_path / "out"))
     state = {k: v for k, v in official_maple_state(trainer.model).items() if "compound" not in k}
     os.makedirs(tmp_path / "ckpt" / "MultiModalPromptLearner")
     torch.save({"state_dict": state, "epoch": 1}, tmp_path / "ckpt" / "MultiModalPromptLearner" / "model.pth.tar-1")
@@ -168,8 +172,8 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path):
         trainer.load_model(str(tmp_path / "ckpt"), epoch=1)
 
 
-def test_base_to_novel_through_train_py(tmp_path):
-    root, out = str(tmp_path / "data"), str(tmp_path / "base")
+def test_base_to_novel_through_train_py(data_root, tmp_path):
+    root, out = data_root, str(tmp_path / "base")
     run = dict(cwd=REPO, capture_output=True, text=True, timeout=300)
     base = subprocess.run([sys.executable, "train.py", *demo_args("MaPLe", "MaPLe/demo.yaml", root, out)], **run)
     assert base.returncode == 0, base.stderr[-2000:]

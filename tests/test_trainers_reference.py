@@ -89,7 +89,8 @@ def coop_prompts(p, depth):
 
 
 CASES = [
-    ("MaPLe", MultiModalPromptLearner, "MaPLe/demo.yaml", ("TRAINER.MAPLE.PROMPT_DEPTH", "2"), maple_prompts, "a photo of a"),
+    ("MaPLe", MultiModalPromptLearner, "MaPLe/demo.yaml", ("TRAINER.MAPLE.PROMPT_DEPTH", "2"), maple_prompts,
+     "a photo of a"),
     ("IVLP", VLPromptLearner, "IVLP/demo.yaml", (), ivlp_prompts, "a photo of a"),
     ("CoOp", CoOpLearner, "CoOp/demo.yaml", (), coop_prompts, "X X X X"),
     ("CoOp-init", CoOpLearner, "CoOp/demo.yaml", ("TRAINER.COOP.CTX_INIT", "a photo of a"), coop_prompts,
@@ -148,6 +149,9 @@ def test_coop_middle_and_front_positions_match_official_assembly(models):
         for i, name_len in enumerate(learner.name_lens):
             prefix, name = embedding[i:i + 1, :1], embedding[i:i + 1, 1 + 4:1 + 4 + name_len]
             rest, ctx = embedding[i:i + 1, 1 + 4 + name_len:], learner.ctx.detach().unsqueeze(0)
-            parts = [prefix, ctx[:, :half], name, ctx[:, half:], rest] if position == "middle" else [prefix, name, ctx, rest]
+            if position == "middle":
+                parts = [prefix, ctx[:, :half], name, ctx[:, half:], rest]
+            else:
+                parts = [prefix, name, ctx, rest]
             rows.append(torch.cat(parts, dim=1))
         torch.testing.assert_close(learner.class_prompts(slice(None)), torch.cat(rows), rtol=0, atol=0)

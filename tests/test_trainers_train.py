@@ -5,8 +5,9 @@ import os
 import pytest
 import torch
 
+from clip.random_models import random_state_dict, save_openai_format
 from dassl.utils import load_checkpoint
-from trainers_testutils import DEMO_TRAINERS, clip_state, demo_trainer, same_tensors
+from trainers_testutils import DEMO_TRAINERS, TINY, clip_state, demo_trainer, same_tensors
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,27 @@ def test_vision_prompt_methods_need_a_vit(data_root, tmp_path):
     with pytest.raises(ValueError, match="needs a ViT backbone"):
         demo_trainer("MaPLe", "MaPLe/demo.yaml", data_root, str(tmp_path), "MODEL.BACKBONE.NAME", "RandomInit-RN-Tiny",
                      "INPUT.SIZE", "(64, 64)")
+
+
+def test_backbone_from_a_local_file(data_root, tmp_path):
+    # MODEL.BACKBONE.PATH wins over the name: nothing is downloaded, the file's weights are used.
+    path = str(tmp_path / "my_clip.pt")
+    save_openai_format(random_state_dict(TINY), path, fmt="torchscript")
+    trainer = demo_trainer("CoOp", "CoOp/demo.yaml", data_root, str(tmp_path / "out"),
+                           "MODEL.BACKBONE.NAME", "ViT-B/16", "MODEL.BACKBONE.PATH", path)
+    expected = random_state_dict(TINY)["visual.conv1.weight"].float()
+    assert torch.equal(trainer.model.clip_model.visual.conv1.weight, expected)
+    bogus = str(tmp_path / "not_clip.pt")
+    torch.save({"weight": torch.zeros(2)}, bogus)
+    with pytest.raises(ValueError, match="not_clip.pt"):
+        demo_trainer("CoOp", "CoOp/demo.yaml", data_root, str(tmp_path / "out2"), "MODEL.BACKBONE.PATH", bogus)
+
+
+def test_plain_mode_switches_every_speedup_off(data_root, tmp_path):
+    off = ["TRAINER.SPEEDUPS.TEXT_TRUNCATION", "False", "TRAINER.SPEEDUPS.EVAL_CACHE", "False",
+           "TRAINER.SPEEDUPS.FUSED_ATTENTION", "False", "TRAINER.EVAL_TEXT_CHUNK", "0"]
+    trainer = demo_trainer("MaPLe", "MaPLe/demo.yaml", data_root, str(tmp_path), *off)
+    options = trainer.model.options
+    assert not (options.text_truncation or options.eval_cache or options.fused_attention or options.text_chunk)
+    trainer.train()
+    assert trainer.model._cache is None

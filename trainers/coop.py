@@ -55,7 +55,8 @@ class CoOp(PromptTrainer):
     REGISTER_PROMPT_LEARNER = True
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
-        return PromptedCLIP(clip_model, PromptLearner(self.cfg, classnames, clip_model), SpeedOptions.from_cfg(self.cfg))
+        learner = PromptLearner(self.cfg, classnames, clip_model)
+        return PromptedCLIP(clip_model, learner, SpeedOptions.from_cfg(self.cfg))
 
     def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> dict:
         return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}

@@ -52,7 +52,8 @@ class IVLP(PromptTrainer):
     MODEL_NAME = "VLPromptLearner"
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
-        return PromptedCLIP(clip_model, VLPromptLearner(self.cfg, classnames, clip_model), SpeedOptions.from_cfg(self.cfg))
+        learner = VLPromptLearner(self.cfg, classnames, clip_model)
+        return PromptedCLIP(clip_model, learner, SpeedOptions.from_cfg(self.cfg))
 
     def rename_checkpoint_key(self, key: str) -> str:
         return rename_official_vpt_key(key)

@@ -1,8 +1,6 @@
 """Zero-shot CLIP: one hand-written template per dataset (ZeroshotCLIP) or an ensemble of templates
 (ZeroshotCLIP2). Nothing is trained; the precision is TRAINER.COOP.PREC (the zero-shot script uses the
 CoOp configs)."""
-from typing import Sequence
-
 import torch
 
 from dassl.engine import TRAINER_REGISTRY, TrainerX
@@ -52,7 +50,7 @@ class ZeroshotCLIP(TrainerX):
         clip_model.to(self.device)
         classnames = self.dm.dataset.classnames
         templates = self.templates()
-        print(f"Prompts: {[t.format(c.replace('_', ' ')) for t in templates[:1] for c in classnames]}")
+        print(f"Prompt templates: {templates}")
         options = SpeedOptions.from_cfg(cfg)
         text_features = encode_class_templates(clip_model, classnames, templates, options)
         self.model = PromptedCLIP(clip_model, FixedTextLearner(text_features), options).to(self.device).eval()
