@@ -64,9 +64,10 @@ def report_base2new(root: str, out_dir: str | None, keyword: str, plot: bool) ->
     markdown = to_markdown(table)
     print(markdown, end="")
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, "base2new.md"), "w", encoding="utf-8") as handle:
-            handle.write(markdown)
+        # imported only to write files: `dassl` pulls in torch, which printing the table does not need
+        from dassl.utils.atomic import write_text_atomic
+
+        write_text_atomic(os.path.join(out_dir, "base2new.md"), markdown)
         write_csv(table, os.path.join(out_dir, "base2new.csv"))
         print(f"Wrote {os.path.join(out_dir, 'base2new.md')} and base2new.csv")
         if plot:

@@ -3,15 +3,30 @@ train.py). Config merge order: Dassl defaults + method keys -> --dataset-config-
 command-line flags -> trailing KEY VALUE overrides."""
 import argparse
 import importlib
+import os.path as osp
 import sys
-from typing import List
+from typing import List, Optional
 
 import torch
 
 from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
-from dassl.utils import collect_env_info, get_most_similar_str_to_a_from_b, set_random_seed, setup_logger
+from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_random_seed, setup_logger,
+                         write_text_atomic)
+from dassl.utils.distributed import (
+    DistributedSetupError,
+    LaunchEnv,
+    agree_on_seed,
+    init_distributed,
+    is_main_process,
+    shutdown_distributed,
+    silence_stdout,
+)
+
+# The resolved config of a run, written into its output folder: the inference API (api.py) and predict.py
+# rebuild the trained model from it.
+CONFIG_FILE_NAME = "config.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,12 +117,17 @@ def setup_cfg(args: argparse.Namespace):
     return cfg
 
 
-def _check_registered(kind: str, name: str, registry) -> None:
+def check_registered(kind: str, name: str, registry) -> None:
     names = sorted(registry.registered_names())
     if name not in names:
         closest = get_most_similar_str_to_a_from_b(name, names)
         hint = f"; did you mean {closest}?" if closest else ""
         raise ConfigError(f"unknown {kind} {name!r}; registered {kind}s: {', '.join(names)}{hint}")
+
+
+def save_config(cfg) -> None:
+    if cfg.OUTPUT_DIR and is_main_process():
+        write_text_atomic(osp.join(cfg.OUTPUT_DIR, CONFIG_FILE_NAME), cfg.dump())
 
 
 def print_args(args: argparse.Namespace, cfg) -> None:
@@ -122,25 +142,48 @@ def print_args(args: argparse.Namespace, cfg) -> None:
     print(cfg)
 
 
-def main(args: argparse.Namespace) -> None:
+def main(args: argparse.Namespace):
+    """Run the command; returns the trainer. Launched by torchrun (or srun with SLURM variables) it is one
+    process of a data-parallel run (dassl/utils/distributed.py, docs/DISTRIBUTED.md)."""
     try:
         import_plugins(args.imports)
         cfg = setup_cfg(args)
-        _check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
-        _check_registered("dataset", cfg.DATASET.NAME, DATASET_REGISTRY)
-    except ConfigError as e:
+        check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
+        check_registered("dataset", cfg.DATASET.NAME, DATASET_REGISTRY)
+        launch = init_distributed(cfg.USE_CUDA)
+    except (ConfigError, DistributedSetupError) as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    try:
+        return run(args, cfg, launch)
+    except DistributedSetupError as e:
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        if launch is not None:
+            shutdown_distributed()
 
-    setup_logger(cfg.OUTPUT_DIR)
-    if cfg.SEED >= 0:
+
+def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv]):
+    if is_main_process():
+        setup_logger(cfg.OUTPUT_DIR)
+    else:
+        silence_stdout()
+    if launch is not None:
+        print(f"Distributed run: {launch.world_size} processes (launched by {launch.source}); batch sizes are global, "
+              f"each process loads 1/{launch.world_size} of every batch")
+    seed = agree_on_seed(cfg.SEED)
+    if seed >= 0:
         # after the logger, so the seed is recorded in log.txt
-        print(f"Setting fixed seed: {cfg.SEED}")
-        set_random_seed(cfg.SEED)
+        print(f"Setting fixed seed: {seed}")
+        set_random_seed(seed)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         torch.backends.cudnn.benchmark = True
 
     print_args(args, cfg)
+    if not args.eval_only:
+        # training runs only: an evaluation folder holds no model to rebuild
+        save_config(cfg)
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")
 
@@ -148,9 +191,10 @@ def main(args: argparse.Namespace) -> None:
     if args.eval_only:
         trainer.load_model(args.model_dir, epoch=args.load_epoch)
         trainer.test()
-        return
+        return trainer
     if not args.no_train:
         trainer.train()
+    return trainer
 
 
 if __name__ == "__main__":

@@ -1,39 +1,12 @@
-"""Atomic file writes: the content goes to a temporary file in the target folder, which then replaces the
-target in one `os.replace`. A crash or a second process reading at the same time never sees half a file
-(several seeds of one dataset are often started at once and race to write the same caches)."""
-import json
-import os
+"""Atomic writes for the dataset caches (split files, few-shot pickles, the generated demo set), through the
+project's one mechanism in `dassl.utils.atomic`: several seeds of one dataset are often started at once and
+race to write the same caches, and a crash must never leave half a cache that a later run trusts."""
 import pickle
-import tempfile
 from typing import Any
 
+from dassl.utils.atomic import write_bytes_atomic, write_json_atomic
 
-def write_bytes_atomic(path: str, data: bytes, durable: bool = True) -> None:
-    """Write `data` to `path` (creating the parent folder) so that readers see the old file or the new one.
-
-    `durable` also flushes the data to disk before the rename (survives a power cut); files whose integrity
-    is checked otherwise (the demo images, against their manifest) skip that cost.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix="-" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
-
-
-def write_json_atomic(obj: Any, path: str) -> None:
-    """JSON in Dassl's `write_json` layout (4-space indent, `(",", ": ")` separators), written atomically."""
-    text = json.dumps(obj, indent=4, separators=(",", ": "))
-    write_bytes_atomic(path, text.encode("utf-8"))
+__all__ = ["write_bytes_atomic", "write_json_atomic", "write_pickle_atomic", "read_pickle"]
 
 
 def write_pickle_atomic(obj: Any, path: str) -> None:
@@ -42,5 +15,11 @@ def write_pickle_atomic(obj: Any, path: str) -> None:
 
 
 def read_pickle(path: str) -> Any:
+    """Load a cache pickle; a damaged one (not written by us: ours are atomic) raises ValueError naming it."""
     with open(path, "rb") as f:
-        return pickle.load(f)
+        try:
+            return pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as e:
+            raise ValueError(
+                f'Cache file "{path}" is damaged ({type(e).__name__}: {e}); delete it and it is rebuilt on the next run'
+            ) from e

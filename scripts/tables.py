@@ -9,6 +9,7 @@ HM is 2·B·N/(B+N) of the seed means; the average row uses the averaged B and N
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -168,34 +169,43 @@ CSV_FIELDS = ["dataset", "trainer", "config", "shots", "base", "base_std", "base
               "novel", "novel_std", "novel_seeds", "hm"]
 
 
+def _write_atomic(path: str, data: bytes) -> None:
+    # imported here: `dassl` pulls in torch, which reading logs and printing tables do not need
+    from dassl.utils.atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, data)
+
+
 def write_csv(table: Base2NewTable, path: str) -> None:
     """One row per (dataset, method) and one ``average`` row per method; empty cells where a result is missing."""
     def number(value: Optional[float]) -> str:
         return "" if value is None else f"{value:.4f}"
 
-    with open(path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        for method in table.methods:
-            for dataset in table.datasets:
-                base, novel = table.base.get((dataset, method)), table.novel.get((dataset, method))
-                if base is None and novel is None:
-                    continue
-                writer.writerow({
-                    "dataset": dataset, "trainer": method.trainer, "config": method.config, "shots": method.shots,
-                    "base": number(base.mean if base else None), "base_std": number(base.std if base else None),
-                    "base_seeds": base.seeds if base else "",
-                    "novel": number(novel.mean if novel else None), "novel_std": number(novel.std if novel else None),
-                    "novel_seeds": novel.seeds if novel else "",
-                    "hm": number(table.hm(dataset, method)),
-                })
-            avg = table.average(method)
-            if avg is not None:
-                writer.writerow({
-                    "dataset": "average", "trainer": method.trainer, "config": method.config, "shots": method.shots,
-                    "base": number(avg.base), "novel": number(avg.novel), "hm": number(avg.hm),
-                    "base_seeds": "", "novel_seeds": "", "base_std": "", "novel_std": "",
-                })
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for method in table.methods:
+        for dataset in table.datasets:
+            base, novel = table.base.get((dataset, method)), table.novel.get((dataset, method))
+            if base is None and novel is None:
+                continue
+            writer.writerow({
+                "dataset": dataset, "trainer": method.trainer, "config": method.config, "shots": method.shots,
+                "base": number(base.mean if base else None), "base_std": number(base.std if base else None),
+                "base_seeds": base.seeds if base else "",
+                "novel": number(novel.mean if novel else None), "novel_std": number(novel.std if novel else None),
+                "novel_seeds": novel.seeds if novel else "",
+                "hm": number(table.hm(dataset, method)),
+            })
+        avg = table.average(method)
+        if avg is not None:
+            writer.writerow({
+                "dataset": "average", "trainer": method.trainer, "config": method.config, "shots": method.shots,
+                "base": number(avg.base), "novel": number(avg.novel), "hm": number(avg.hm),
+                "base_seeds": "", "novel_seeds": "", "base_std": "", "novel_std": "",
+            })
+    # the table is complete in memory, then replaces any previous file in one step
+    _write_atomic(path, handle.getvalue().encode("utf-8"))
 
 
 def write_plot(table: Base2NewTable, path: str) -> None:
@@ -226,5 +236,7 @@ def write_plot(table: Base2NewTable, path: str) -> None:
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    image = io.BytesIO()
+    figure.savefig(image, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(figure)
+    _write_atomic(path, image.getvalue())

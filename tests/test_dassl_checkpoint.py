@@ -37,7 +37,7 @@ def test_save_roundtrip_weights_only_pointer_and_no_temp_files(tmp_path):
     assert (tmp_path / "prompt_learner" / "checkpoint").read_text() == "model.pth.tar-3\n"
     assert sorted(os.listdir(tmp_path / "prompt_learner")) == ["checkpoint", "model.pth.tar-3"]
     loaded = torch.load(path, weights_only=True)
-    assert set(loaded) == {"state_dict", "epoch", "optimizer", "scheduler", "val_result"}
+    assert set(loaded) == {"state_dict", "epoch", "optimizer", "scheduler", "val_result", "content_sha256"}
     assert "0.weight" not in loaded["state_dict"] and "1.running_mean" in loaded["state_dict"]
     assert all(not k.startswith("module.") for k in loaded["state_dict"])
     save_checkpoint(dict(state, epoch=4), str(tmp_path / "prompt_learner"), is_best=True)

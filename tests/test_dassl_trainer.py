@@ -9,6 +9,7 @@ import dassl_e2e_plugin
 from dassl.config import get_cfg_default
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
+from dassl.utils.torchtools import content_digest
 from dassl_testutils import make_color_dataset
 
 
@@ -116,6 +117,7 @@ def test_resume_from_another_model_is_refused(data_root, tmp_path):
     folder = tmp_path / "a" / "linear_probe"
     ckpt = torch.load(folder / "model.pth.tar-1", weights_only=True)
     ckpt["state_dict"]["3.weight"] = torch.zeros(5, 12)
+    ckpt["content_sha256"] = content_digest(ckpt)  # a valid checkpoint, of another model
     torch.save(ckpt, folder / "model.pth.tar-1")
     with pytest.raises(RuntimeError, match=r"model\.pth\.tar-1.*3\.weight: checkpoint \(5, 12\) vs model \(3, 12\)"):
         _build(cfg).train()

@@ -46,7 +46,7 @@ def test_train_resume_and_eval_only_end_to_end(tmp_path):
         "Setting fixed seed: 1", "** Arguments **", "** Config **", "** System info **", "Loading trainer: TinyLinear",
         "Loading dataset: TinyColors", "Creating a 4-shot dataset", "Building transform_train", "# train_x  12",
         "Loading evaluator: Classification", "No checkpoint found, train from scratch", "Initialize tensorboard",
-        "epoch [2/2] batch [3/3]", "Checkpoint saved to", "Finish training", "Deploy the last-epoch model",
+        "epoch [2/2] batch [3/3]", "linear_probe/model.pth.tar-2", "Finish training", "Deploy the last-epoch model",
         "Evaluate on the *test* set", "=> result", "* macro_f1:", "Elapsed:",
     ]
     positions = [log.find(s) for s in order]

@@ -105,7 +105,7 @@ _C.OPTIM.WARMUP_MIN_LR = 1e-5
 _C.OPTIM.WARMUP_RECOUNT = True  # False: the main schedule starts at epoch WARMUP_EPOCH, not 0
 
 _C.TRAIN = CN()
-_C.TRAIN.CHECKPOINT_FREQ = 0  # 0: save the last epoch only
+_C.TRAIN.CHECKPOINT_FREQ = 0  # 0: every epoch, pruned to the last when done; N > 0: every N-th, all kept; < 0: last only (docs/RELIABILITY.md)
 _C.TRAIN.PRINT_FREQ = 10
 _C.TRAIN.COUNT_ITER = "train_x"
 

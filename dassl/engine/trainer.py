@@ -21,15 +21,31 @@ from dassl.data import DataManager
 from dassl.evaluation import build_evaluator
 from dassl.utils import (
     AverageMeter,
+    CheckpointError,
     MetricMeter,
     capture_rng_state,
     load_checkpoint,
+    load_resume_checkpoint,
     load_trainable_state_dict,
+    missing_model_message,
     mkdir_if_missing,
-    resume_from_checkpoint,
+    prune_epoch_checkpoints,
+    remove_stale_temp_files,
+    restore_checkpoint,
+    resume_candidates,
     save_checkpoint,
     tolist_if_not,
     trainable_state_dict,
+)
+from dassl.utils.distributed import (
+    barrier,
+    decorrelate_rng,
+    evaluate_gathered,
+    is_distributed,
+    is_main_process,
+    shard_loader,
+    synchronize_trainable_parameters,
+    training_device,
 )
 
 
@@ -69,7 +85,12 @@ class TrainerBase:
     def save_model(self, epoch: int, directory: str, is_best: bool = False, val_result=None, model_name: str = "") -> None:
         """Save each registered model to `<directory>/<name>/` (epoch stored 1-based). Frozen parameters are left
         out (checkpoints hold the trained prompts, not the frozen backbone); the RNG states are stored so that
-        a resumed run continues exactly."""
+        a resumed run continues exactly. In a distributed run rank 0 writes and the others wait for it."""
+        if is_main_process():
+            self._write_checkpoints(epoch, directory, is_best, val_result, model_name)
+        barrier()
+
+    def _write_checkpoints(self, epoch: int, directory: str, is_best: bool, val_result, model_name: str) -> None:
         rng_state = capture_rng_state()
         for name in self.get_model_names():
             optim, sched = self._optims[name], self._scheds[name]
@@ -80,22 +101,38 @@ class TrainerBase:
                 "scheduler": sched.state_dict() if sched is not None else None,
                 "val_result": val_result,
                 "rng_state": rng_state,
+                # best_val runs compare later epochs against it, so a resumed run must know it
+                "best_val_result": getattr(self, "best_result", None),
             }
             save_checkpoint(state, osp.join(directory, name), is_best=is_best, model_name=model_name)
 
     def resume_model_if_exist(self, directory: str) -> int:
-        """Resume every registered model from `directory` if all their checkpoint folders exist; returns the
-        number of finished epochs (0 when training from scratch)."""
-        names = self.get_model_names()
-        if any(not osp.exists(osp.join(directory, name)) for name in names):
+        """Resume every registered model from the newest usable checkpoint in `<directory>/<name>/` (damaged
+        files are reported and skipped); returns the number of finished epochs (0 when training from scratch,
+        e.g. when a run was killed before its first checkpoint was complete)."""
+        folders = OrderedDict((name, osp.join(directory, name)) for name in self.get_model_names())
+        if is_main_process():  # the one writer cleans up, so ranks never race to delete the same file
+            for folder in folders.values():
+                remove_stale_temp_files(folder)  # left by a run killed mid-write
+        barrier()
+        if any(not resume_candidates(folder) for folder in folders.values()):
             print("No checkpoint found, train from scratch")
             return 0
         print(f"Found checkpoint at {directory} (will resume training)")
-        start_epoch = 0
-        for name in names:
-            start_epoch = resume_from_checkpoint(
-                osp.join(directory, name), self._models[name], self._optims[name], self._scheds[name]
-            )
+        loaded = OrderedDict((name, load_resume_checkpoint(folder)) for name, folder in folders.items())
+        # a run killed between saving two models leaves them an epoch apart: resume all from the older epoch
+        start_epoch = min(checkpoint["epoch"] for _, checkpoint in loaded.values())
+        for name, (path, checkpoint) in loaded.items():
+            if checkpoint["epoch"] != start_epoch:
+                path, checkpoint = load_resume_checkpoint(folders[name], at_most_epoch=start_epoch)
+                if checkpoint["epoch"] != start_epoch:
+                    raise CheckpointError(
+                        f'"{path}" is of epoch {checkpoint["epoch"]} but the other models resume from epoch '
+                        f"{start_epoch}; delete {directory} to train from scratch"
+                    )
+            restore_checkpoint(checkpoint, path, self._models[name], self._optims[name], self._scheds[name])
+            if checkpoint.get("best_val_result") is not None:
+                self.best_result = checkpoint["best_val_result"]
         return start_epoch
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
@@ -107,7 +144,7 @@ class TrainerBase:
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise FileNotFoundError(missing_model_message(directory, name, model_file))
             checkpoint = load_checkpoint(model_path)
             val_result = checkpoint.get("val_result")
             val_text = "None" if val_result is None else f"{val_result:.1f}"
@@ -130,7 +167,13 @@ class TrainerBase:
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss).all():
-            raise FloatingPointError("Loss is infinite or NaN!")
+            where = ""
+            if hasattr(self, "batch_idx"):
+                where = f" at epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}]"
+            raise FloatingPointError(
+                f"Loss is infinite or NaN!{where}; training stopped, earlier checkpoints are kept (lower OPTIM.LR or "
+                "use TRAINER.<NAME>.PREC fp32/amp)"
+            )
 
     def init_writer(self, log_dir: str) -> None:
         if self.__dict__.get("_writer") is None:
@@ -215,16 +258,17 @@ class SimpleTrainer(TrainerBase):
     def __init__(self, cfg) -> None:
         super().__init__()
         self.check_cfg(cfg)
-        if torch.cuda.is_available() and cfg.USE_CUDA:
-            self.device = torch.device("cuda")
-        else:
-            self.device = torch.device("cpu")
+        self.device = training_device(cfg.USE_CUDA)
         self.start_epoch = self.epoch = 0
         self.max_epoch = cfg.OPTIM.MAX_EPOCH
         self.output_dir = cfg.OUTPUT_DIR
         self.cfg = cfg
         self.build_data_loader()
+        if is_distributed():
+            self.shard_data_loaders()
         self.build_model()
+        if is_distributed():
+            synchronize_trainable_parameters(self._models.values())
         self.evaluator = build_evaluator(cfg, lab2cname=self.lab2cname)
         self.best_result = -np.inf
 
@@ -242,6 +286,15 @@ class SimpleTrainer(TrainerBase):
         self.lab2cname = dm.lab2cname
         self.dm = dm
 
+    def shard_data_loaders(self) -> None:
+        """Distributed runs: each process loads its share of every batch (dassl.utils.distributed.shard_loader)."""
+        self.train_loader_x = shard_loader(self.train_loader_x, is_train=True)
+        if self.train_loader_u is not None:
+            self.train_loader_u = shard_loader(self.train_loader_u, is_train=True)
+        if self.val_loader is not None:
+            self.val_loader = shard_loader(self.val_loader, is_train=False)
+        self.test_loader = shard_loader(self.test_loader, is_train=False)
+
     def build_model(self) -> None:
         raise NotImplementedError(
             f"{type(self).__name__} must implement build_model() and register its model with register_model()"
@@ -253,9 +306,11 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
-        writer_dir = osp.join(self.output_dir, "tensorboard")
-        mkdir_if_missing(writer_dir)
-        self.init_writer(writer_dir)
+        decorrelate_rng()  # after resume, which restores rank 0's random state on every rank
+        if is_main_process():
+            writer_dir = osp.join(self.output_dir, "tensorboard")
+            mkdir_if_missing(writer_dir)
+            self.init_writer(writer_dir)
         self.time_start = time.time()
 
     def after_train(self) -> None:
@@ -274,7 +329,9 @@ class SimpleTrainer(TrainerBase):
     def after_epoch(self) -> None:
         last_epoch = (self.epoch + 1) == self.max_epoch
         freq = self.cfg.TRAIN.CHECKPOINT_FREQ
-        meet_checkpoint_freq = freq > 0 and (self.epoch + 1) % freq == 0
+        # 0 (default): every epoch, as resume points pruned below; > 0: every freq-th epoch, all kept (Dassl);
+        # < 0: the last epoch only (Dassl's 0). docs/RELIABILITY.md explains the choice.
+        meet_checkpoint_freq = freq == 0 or (freq > 0 and (self.epoch + 1) % freq == 0)
         if not self.cfg.TEST.NO_TEST and self.cfg.TEST.FINAL_MODEL == "best_val":
             curr_result = self.test(split="val")
             if curr_result > self.best_result:
@@ -282,6 +339,11 @@ class SimpleTrainer(TrainerBase):
                 self.save_model(self.epoch, self.output_dir, val_result=curr_result, model_name="model-best.pth.tar")
         if meet_checkpoint_freq or last_epoch:
             self.save_model(self.epoch, self.output_dir)
+            if freq == 0 and is_main_process():  # the one writer of checkpoints prunes them
+                # the newest two while training (one to fall back on if the newest is damaged); when done,
+                # only the last epoch's file remains, as in an official output folder
+                for name in self.get_model_names():
+                    prune_epoch_checkpoints(osp.join(self.output_dir, name), keep=1 if last_epoch else 2)
 
     @torch.no_grad()
     def test(self, split: Optional[str] = None) -> float:
@@ -297,11 +359,11 @@ class SimpleTrainer(TrainerBase):
             split = "test"
             data_loader = self.test_loader
         print(f"Evaluate on the *{split}* set")
-        for batch in tqdm(data_loader):
+        for batch in tqdm(data_loader, disable=not is_main_process()):
             input, label = self.parse_batch_test(batch)
             output = self.model_inference(input)
             self.evaluator.process(output, label)
-        results = self.evaluator.evaluate()
+        results = evaluate_gathered(self.evaluator)
         for k, v in results.items():
             self.write_scalar(f"{split}/{k}", v, self.epoch)
         return list(results.values())[0]

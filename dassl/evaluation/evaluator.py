@@ -1,10 +1,12 @@
 """The `Classification` evaluator: accuracy, error, macro F1 (and optional per-class accuracy, confusion matrix)."""
 import os.path as osp
 from collections import OrderedDict, defaultdict
-from typing import Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
+
+from dassl.utils.atomic import atomic_write
 
 from .build import EVALUATOR_REGISTRY
 
@@ -23,6 +25,11 @@ class EvaluatorBase:
 
     def evaluate(self) -> "OrderedDict[str, float]":
         raise NotImplementedError
+
+    def gather(self, all_gather: Callable[[Any], List[Any]]) -> None:
+        """Replace what this process recorded by what every process recorded (distributed evaluation);
+        `all_gather(obj)` returns every process's obj."""
+        raise NotImplementedError(f"{type(self).__name__} cannot merge records across processes: implement gather()")
 
 
 def macro_f1_score(y_true: List[int], y_pred: List[int]) -> float:
@@ -71,15 +78,24 @@ class Classification(EvaluatorBase):
             self._per_class_res = defaultdict(list)
 
     def process(self, mo: torch.Tensor, gt: torch.Tensor) -> None:
-        pred = mo.max(1)[1]
-        matches = pred.eq(gt).int()
-        self._correct += int(matches.sum().item())
-        self._total += gt.shape[0]
-        self._y_true.extend(gt.tolist())
-        self._y_pred.extend(pred.tolist())
+        self._record(gt.tolist(), mo.max(1)[1].tolist())
+
+    def _record(self, y_true: List[int], y_pred: List[int]) -> None:
+        hits = [int(t == p) for t, p in zip(y_true, y_pred)]
+        self._correct += sum(hits)
+        self._total += len(y_true)
+        self._y_true.extend(y_true)
+        self._y_pred.extend(y_pred)
         if self._per_class_res is not None:
-            for label, hit in zip(gt.tolist(), matches.tolist()):
+            for label, hit in zip(y_true, hits):
                 self._per_class_res[label].append(hit)
+
+    def gather(self, all_gather: Callable[[Any], List[Any]]) -> None:
+        # every metric here is a function of the (label, prediction) pairs alone, not of their order
+        records = all_gather((self._y_true, self._y_pred))
+        self.reset()
+        for y_true, y_pred in records:
+            self._record(y_true, y_pred)
 
     def evaluate(self) -> "OrderedDict[str, float]":
         if self._total == 0:
@@ -118,6 +134,7 @@ class Classification(EvaluatorBase):
 
         if self.cfg.TEST.COMPUTE_CMAT:
             save_path = osp.join(self.cfg.OUTPUT_DIR, "cmat.pt")
-            torch.save(confusion_matrix_normalized(self._y_true, self._y_pred), save_path)
+            cmat = confusion_matrix_normalized(self._y_true, self._y_pred)
+            atomic_write(save_path, lambda f: torch.save(cmat, f))
             print(f"Confusion matrix is saved to {save_path}")
         return results

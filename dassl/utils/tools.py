@@ -14,6 +14,8 @@ import PIL
 import torch
 from PIL import Image
 
+from .atomic import write_json_atomic
+
 
 def mkdir_if_missing(dirname: str) -> None:
     """Create `dirname` (and parents); an existing directory is fine."""
@@ -23,7 +25,11 @@ def mkdir_if_missing(dirname: str) -> None:
         except OSError as e:
             # another process may have created it between the check and makedirs
             if e.errno != errno.EEXIST:
-                raise
+                # OSError(errno, ...) keeps the specific subclass (PermissionError, NotADirectoryError, ...)
+                raise OSError(
+                    e.errno, f'Cannot create the directory "{dirname}" ({e.strerror}); choose a writable location '
+                    "(no part of the path may be an existing file)"
+                ) from e
 
 
 def check_isfile(fpath: str) -> bool:
@@ -35,15 +41,20 @@ def check_isfile(fpath: str) -> bool:
 
 
 def read_json(fpath: str) -> Any:
+    """Parse a JSON file; a damaged one raises ValueError naming it."""
     with open(fpath, "r") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+            raise ValueError(
+                f'"{fpath}" is not valid JSON ({e}); it is damaged or truncated — restore it, or delete it if it is a '
+                "cache that can be rebuilt"
+            ) from e
 
 
 def write_json(obj: Any, fpath: str) -> None:
-    """Dassl's JSON layout (indent 4, ", " / ": " separators), creating the parent directory."""
-    mkdir_if_missing(osp.dirname(fpath) or ".")
-    with open(fpath, "w") as f:
-        json.dump(obj, f, indent=4, separators=(",", ": "))
+    """Dassl's JSON layout (indent 4, ", " / ": " separators), written atomically, creating the parent directory."""
+    write_json_atomic(obj, fpath)
 
 
 def set_random_seed(seed: int) -> None:

@@ -1,26 +1,31 @@
-"""Checkpoint files: atomic saves, safe loads, resume, partial weight loading.
+"""Checkpoint files: atomic saves, safe loads, resume with fallback, partial weight loading.
 
 Checkpoints written here hold only tensors, numbers, strings and containers, so they load with
 `torch.load(weights_only=True)`. Official Dassl checkpoints also pickle the warm-up scheduler's successor
 (a torch scheduler bound to an optimizer copy); they load through `DASSL_CHECKPOINT_GLOBALS`, the exact set
 of classes those pickles name, allow-listed with `torch.serialization.safe_globals` — nothing else is trusted.
+Our checkpoints also carry a SHA-256 of their content, so a damaged file is refused by name instead of
+loading wrong numbers; resuming then falls back to the newest older checkpoint (docs/RELIABILITY.md).
 """
+import hashlib
 import os
 import os.path as osp
 import pickle
+import re
 import shutil
-import tempfile
 import warnings
 from collections import OrderedDict
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
 
 from dassl.optim.lr_scheduler import ConstantWarmupScheduler, LinearWarmupScheduler
 
+from .atomic import atomic_write, write_text_atomic
 from .rng import restore_rng_state
 from .tools import mkdir_if_missing
+
 
 def _optimizer_state_as_dict(default_factory=None) -> dict:
     # Stands in for collections.defaultdict (the optimizer copy's `state`), which the weights_only unpickler
@@ -42,25 +47,47 @@ DASSL_CHECKPOINT_GLOBALS = [
 ]
 
 
-def _atomic_write(path: str, write) -> None:
-    # temp file in the target folder + fsync + os.replace: readers see the old file or the complete new one
-    directory = osp.dirname(path) or "."
-    fd, tmp = tempfile.mkstemp(prefix=osp.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _strip_module_prefix(state_dict: Dict[str, Any]) -> "OrderedDict[str, Any]":
     # DataParallel / DDP wrap the model as `.module`
     return OrderedDict((k[7:] if k.startswith("module.") else k, v) for k, v in state_dict.items())
+
+
+CHECKPOINT_POINTER = "checkpoint"
+# Regular (per-epoch) checkpoint files; resume falls back through them, newest first.
+_EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
+# Key of the content digest that our checkpoints carry; official files lack it and are not checked.
+DIGEST_KEY = "content_sha256"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: empty, truncated, corrupt, or not a checkpoint at all."""
+
+
+def _feed_digest(digest, value: Any) -> None:
+    # A canonical walk over everything in the checkpoint: keys, tensor dtypes / shapes / bytes, plain values.
+    # torch's zip reader does not verify its CRCs, so a flipped bit would otherwise load silently.
+    if torch.is_tensor(value):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"tensor {tensor.dtype} {tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(value, dict):
+        digest.update(f"dict {len(value)};".encode())
+        for key in sorted(value, key=repr):
+            digest.update(f"{key!r}:".encode())
+            _feed_digest(digest, value[key])
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__} {len(value)};".encode())
+        for item in value:
+            _feed_digest(digest, item)
+    else:
+        digest.update(f"{type(value).__name__} {value!r};".encode())
+
+
+def content_digest(state: Dict[str, Any]) -> str:
+    """SHA-256 over the content of a checkpoint dict (its digest entry excluded)."""
+    digest = hashlib.sha256()
+    _feed_digest(digest, {k: v for k, v in state.items() if k != DIGEST_KEY})
+    return digest.hexdigest()
 
 
 def save_checkpoint(
@@ -70,44 +97,172 @@ def save_checkpoint(
     remove_module_from_keys: bool = True,
     model_name: str = "",
 ) -> str:
-    """Write `state` to `<save_dir>/<model_name or model.pth.tar-<epoch>>` atomically, point the
-    `<save_dir>/checkpoint` file at it, and copy it to `model-best.pth.tar` when `is_best`. Returns the path."""
+    """Write `state` (plus its content digest) to `<save_dir>/<model_name or model.pth.tar-<epoch>>`
+    atomically, then point the `<save_dir>/checkpoint` file at it, and copy it to `model-best.pth.tar` when
+    `is_best`. Returns the path. A crash at any moment leaves the previous checkpoint and pointer intact."""
     mkdir_if_missing(save_dir)
     if remove_module_from_keys:
         state = dict(state, state_dict=_strip_module_prefix(state["state_dict"]))
+    state = dict(state)
+    state[DIGEST_KEY] = content_digest(state)
     fpath = osp.join(save_dir, model_name or f"model.pth.tar-{state['epoch']}")
-    _atomic_write(fpath, lambda f: torch.save(state, f))
+    atomic_write(fpath, lambda f: torch.save(state, f))
     print(f"Checkpoint saved to {fpath}")
-    _atomic_write(osp.join(save_dir, "checkpoint"), lambda f: f.write(f"{osp.basename(fpath)}\n".encode()))
+    write_text_atomic(osp.join(save_dir, CHECKPOINT_POINTER), f"{osp.basename(fpath)}\n")
     if is_best:
         best_fpath = osp.join(save_dir, "model-best.pth.tar")
+
         def copy_saved(f) -> None:
             with open(fpath, "rb") as src:
                 shutil.copyfileobj(src, f)
 
-        _atomic_write(best_fpath, copy_saved)
+        atomic_write(best_fpath, copy_saved)
         print(f'Best checkpoint saved to "{best_fpath}"')
     return fpath
 
 
+def _refused_class(error: pickle.UnpicklingError) -> bool:
+    # torch's weights_only unpickler names a refused class as "... GLOBAL module.name ..."
+    return "GLOBAL" in str(error)
+
+
+def _torch_load(fpath: str) -> Any:
+    # weights_only first; an official Dassl file (pickled scheduler objects) needs the allow-list
+    map_location = None if torch.cuda.is_available() else "cpu"
+    try:
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        if not _refused_class(error):
+            raise  # damaged bytes, not a class outside the default allow-list
+    with torch.serialization.safe_globals(DASSL_CHECKPOINT_GLOBALS):
+        return torch.load(fpath, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(fpath: Optional[str]) -> Dict[str, Any]:
-    """Load a checkpoint with weights_only=True; official Dassl files fall back to the allow-list above."""
+    """Load a checkpoint with weights_only=True (official Dassl files through the allow-list above).
+
+    Raises FileNotFoundError when it is missing, pickle.UnpicklingError when it names a class outside the
+    allow-list (never executed), and CheckpointError naming the file when it is empty, truncated or corrupt.
+    """
     if fpath is None:
         raise ValueError("File path is None")
     fpath = osp.abspath(osp.expanduser(fpath))
     if not osp.exists(fpath):
         raise FileNotFoundError(f'File is not found at "{fpath}"')
-    map_location = None if torch.cuda.is_available() else "cpu"
+    if osp.getsize(fpath) == 0:
+        raise CheckpointError(f'Checkpoint "{fpath}" is empty (0 bytes); delete it')
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError:
-        pass
-    try:
-        with torch.serialization.safe_globals(DASSL_CHECKPOINT_GLOBALS):
-            return torch.load(fpath, map_location=map_location, weights_only=True)
-    except Exception:
-        print(f'Unable to load checkpoint from "{fpath}"')
-        raise
+        checkpoint = _torch_load(fpath)
+    except pickle.UnpicklingError as error:
+        if _refused_class(error):
+            raise pickle.UnpicklingError(
+                f'Refusing to load "{fpath}": it pickles a class outside the allow-list of '
+                f"dassl.utils.torchtools.DASSL_CHECKPOINT_GLOBALS ({error})"
+            ) from error
+        raise CheckpointError(f'Checkpoint "{fpath}" is truncated or corrupt ({error}); delete it') from error
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
+        raise CheckpointError(
+            f'Checkpoint "{fpath}" is truncated or corrupt ({type(error).__name__}: {error}); delete it'
+        ) from error
+    if isinstance(checkpoint, dict) and DIGEST_KEY in checkpoint and checkpoint[DIGEST_KEY] != content_digest(checkpoint):
+        raise CheckpointError(f'Checkpoint "{fpath}" is corrupt: its content does not match its SHA-256; delete it')
+    return checkpoint
+
+
+def epoch_checkpoints(fdir: str) -> List[Tuple[int, str]]:
+    """(epoch, path) of the `model.pth.tar-<epoch>` files in `fdir`, newest first."""
+    if not osp.isdir(fdir):
+        return []
+    found = [(int(m.group(1)), osp.join(fdir, name)) for name in os.listdir(fdir) for m in [_EPOCH_FILE.match(name)] if m]
+    return sorted(found, reverse=True)
+
+
+def resume_candidates(fdir: str) -> List[str]:
+    """Checkpoint files to resume from, in order of preference: the one the `checkpoint` pointer names (the
+    last one saved, Dassl's rule), then the per-epoch files, newest first."""
+    candidates = []
+    pointer = osp.join(fdir, CHECKPOINT_POINTER)
+    if osp.isfile(pointer):
+        with open(pointer, "r") as f:
+            name = f.readline().strip("\n")
+        if name and osp.isfile(osp.join(fdir, name)):
+            candidates.append(osp.join(fdir, name))
+    candidates += [path for _, path in epoch_checkpoints(fdir) if path not in candidates]
+    return candidates
+
+
+def load_resume_checkpoint(fdir: str, at_most_epoch: Optional[int] = None) -> Tuple[str, Dict[str, Any]]:
+    """(path, checkpoint) of the newest usable checkpoint in `fdir` (optionally of epoch <= `at_most_epoch`).
+    An unusable one (e.g. damaged on disk) is reported and skipped; CheckpointError when none is usable,
+    FileNotFoundError when `fdir` holds no checkpoint at all."""
+    candidates = resume_candidates(fdir)
+    if not candidates:
+        raise FileNotFoundError(f'No checkpoint to resume from in "{fdir}" (no "checkpoint" pointer, no model.pth.tar-N)')
+    problems = []
+    for path in candidates:
+        try:
+            checkpoint = load_checkpoint(path)
+        except CheckpointError as error:
+            warnings.warn(f"{error}; falling back to an older checkpoint")
+            problems.append(str(error))
+            continue
+        if at_most_epoch is None or checkpoint["epoch"] <= at_most_epoch:
+            return path, checkpoint
+    limit = "" if at_most_epoch is None else f" of epoch <= {at_most_epoch}"
+    raise CheckpointError(
+        f'No usable checkpoint{limit} in "{fdir}" to resume from: ' + "; ".join(problems or ["none matches"])
+        + ". Delete the folder to train from scratch."
+    )
+
+
+def restore_checkpoint(checkpoint: Dict[str, Any], source: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
+    """Load a checkpoint's weights, optimizer and scheduler state and RNG states (when stored); returns its
+    epoch, i.e. the number of finished epochs."""
+    print(f'Loading checkpoint from "{source}"')
+    load_trainable_state_dict(model, checkpoint["state_dict"], source)
+    print("Loaded model weights")
+    if optimizer is not None and checkpoint.get("optimizer") is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        print("Loaded optimizer")
+    if scheduler is not None and checkpoint.get("scheduler") is not None:
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        print("Loaded scheduler")
+    if checkpoint.get("rng_state") is not None:
+        restore_rng_state(checkpoint["rng_state"])
+    start_epoch = checkpoint["epoch"]
+    print(f"Previous epoch: {start_epoch}")
+    return start_epoch
+
+
+def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
+    """Resume model / optimizer / scheduler (and RNG states) from the newest usable checkpoint in `fdir`
+    (the one `<fdir>/checkpoint` names, else the newest older one); returns the number of finished epochs."""
+    path, checkpoint = load_resume_checkpoint(fdir)
+    return restore_checkpoint(checkpoint, path, model, optimizer, scheduler)
+
+
+def missing_model_message(directory: str, name: str, model_file: str) -> str:
+    """Why `<directory>/<name>/<model_file>` is not there, and what is there instead (for load_model)."""
+    path = osp.join(directory, name, model_file)
+    if not osp.isdir(directory):
+        return f'Model not found at "{path}": the directory "{directory}" does not exist (check --model-dir)'
+    folder = osp.join(directory, name)
+    if osp.isdir(folder):
+        present = sorted(f for f in os.listdir(folder) if _EPOCH_FILE.match(f) or f == "model-best.pth.tar")
+        return f'Model not found at "{path}"; "{folder}" holds: {", ".join(present) or "no checkpoint"} (check --load-epoch)'
+    others = sorted(d for d in os.listdir(directory) if resume_candidates(osp.join(directory, d)))
+    if others:
+        return (f'Model not found at "{path}": "{directory}" holds checkpoints of {", ".join(others)}, not of {name} — '
+                "saved by another trainer?")
+    return f'Model not found at "{path}": "{directory}" holds no checkpoint (check --model-dir)'
+
+
+def prune_epoch_checkpoints(fdir: str, keep: int) -> None:
+    """Delete all but the newest `keep` per-epoch checkpoints in `fdir` (never the one the pointer names)."""
+    pointed = resume_candidates(fdir)[:1]
+    for _, path in epoch_checkpoints(fdir)[keep:]:
+        if path not in pointed:
+            os.remove(path)
 
 
 def trainable_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
@@ -134,37 +289,14 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Dict[str, Any], sour
             problems.append(f"missing trainable parameters: {missing}")
         if mismatched:
             problems.append(f"shape mismatches: {mismatched}")
-        raise RuntimeError(f'Checkpoint "{source}" does not fit the model ({"; ".join(problems)})')
+        raise RuntimeError(
+            f'Checkpoint "{source}" does not fit the model ({"; ".join(problems)}); was it saved by another trainer, '
+            "config or class count? Use another output directory, or delete it to train from scratch"
+        )
     unexpected = [k for k in state_dict if k not in own]
     if unexpected:
         warnings.warn(f'Checkpoint "{source}" has keys the model does not use (ignored): {unexpected}')
     model.load_state_dict(state_dict, strict=False)
-
-
-def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
-    """Load the checkpoint named in `<fdir>/checkpoint` into model / optimizer / scheduler (and the RNG states
-    when stored) and return its epoch, i.e. the number of finished epochs."""
-    pointer = osp.join(fdir, "checkpoint")
-    if not osp.isfile(pointer):
-        raise FileNotFoundError(f'No "checkpoint" pointer file in "{fdir}" (it names the file to resume from)')
-    with open(pointer, "r") as f:
-        model_name = f.readline().strip("\n")
-    fpath = osp.join(fdir, model_name)
-    print(f'Loading checkpoint from "{fpath}"')
-    checkpoint = load_checkpoint(fpath)
-    load_trainable_state_dict(model, checkpoint["state_dict"], fpath)
-    print("Loaded model weights")
-    if optimizer is not None and checkpoint.get("optimizer") is not None:
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        print("Loaded optimizer")
-    if scheduler is not None and checkpoint.get("scheduler") is not None:
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        print("Loaded scheduler")
-    if checkpoint.get("rng_state") is not None:
-        restore_rng_state(checkpoint["rng_state"])
-    start_epoch = checkpoint["epoch"]
-    print(f"Previous epoch: {start_epoch}")
-    return start_epoch
 
 
 def load_pretrained_weights(model: nn.Module, weight_path: str) -> None:
