@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import attention, fused_attention, fused_attention_enabled, set_fused_attention
 from .resnet import ModifiedResNet
@@ -115,6 +116,43 @@ def _broadcast_prompt(prompt: torch.Tensor, batch: int, like: torch.Tensor, what
     return prompt.to(dtype=like.dtype, device=like.device)
 
 
+def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    # The recomputation runs in backward, outside the caller's `fused_attention` context: pass the
+    # attention path chosen now so that the recomputed activations are the ones of the forward pass.
+    fused = fused_attention_enabled()
+
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        with fused_attention(fused):
+            return block(inputs, causal)
+
+    return checkpoint(run, x, use_reentrant=False)
+
+
+# A text-encoder call costs about as much as this many extra token positions (kernel launches, small
+# matrix products), so rows are split into length groups only where that saves more positions.
+_GROUP_COST_IN_POSITIONS = 256
+
+
+def _length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
+    """Row indices grouped by length (contiguous ranges of the sorted lengths) so that the positions
+    computed, sum(rows x longest + _GROUP_COST_IN_POSITIONS) over the groups, is smallest (dynamic
+    programming over the distinct lengths). Few or similar rows give one group: plain truncation."""
+    values, counts = (t.tolist() for t in torch.unique(lengths, return_counts=True))
+    best, start = [0] + [float("inf")] * len(values), [0] * (len(values) + 1)
+    for end in range(1, len(values) + 1):
+        rows = 0
+        for first in range(end - 1, -1, -1):  # the last group holds the distinct lengths first..end-1
+            rows += counts[first]
+            cost = best[first] + rows * values[end - 1] + _GROUP_COST_IN_POSITIONS
+            if cost < best[end]:
+                best[end], start[end] = cost, first
+    bounds, end = [], len(values)
+    while end > 0:
+        bounds.append((values[start[end]], values[end - 1]))
+        end = start[end]
+    return [torch.nonzero((lengths >= low) & (lengths <= high)).flatten() for low, high in reversed(bounds)]
+
+
 class Transformer(nn.Module):
     """A stack of residual attention blocks; `causal=True` for the text tower."""
 
@@ -124,6 +162,15 @@ class Transformer(nn.Module):
         self.layers = layers
         self.causal = causal
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        # Activation checkpointing (off by default): while gradients are recorded, keep only each block's
+        # input and recompute the block in the backward pass (same numbers; one more forward, less memory).
+        self.checkpointing = False
+
+    def compile_blocks(self, **compile_kwargs) -> None:
+        """`torch.compile` each block in place (parameter names unchanged, so checkpoints still load);
+        compilation happens at the first call of each new input shape."""
+        for block in self.resblocks:
+            block.compile(**compile_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """OpenAI's convention: x is sequence-first [L, N, D]; returns [L, N, D]."""
@@ -141,7 +188,10 @@ class Transformer(nn.Module):
                 prompt = _broadcast_prompt(deep_prompts[index - 1], x.shape[0], x, f"deep prompt {index - 1}")
                 end = prompt_start + prompt.shape[1]
                 x = torch.cat([x[:, :prompt_start], prompt, x[:, end:]], dim=1)
-            x = block(x, self.causal)
+            if self.checkpointing and torch.is_grad_enabled():
+                x = _checkpointed_block(block, x, self.causal)
+            else:
+                x = block(x, self.causal)
         return x
 
 
@@ -238,8 +288,9 @@ class CLIP(nn.Module):
         """embeddings: [N, L, D] token embeddings with prompts inserted, without positional embedding.
         eot_indices: [N] position of each row's EOT token. deep_prompts[k] ([n, D] or [N, n, D]) replaces
         positions 1..1+n at the input of layer k+1. truncate (default: `text_truncation_enabled()`) computes
-        only positions up to the longest EOT: the mask is causal and only the EOT row is read, so the
-        features are the same."""
+        only positions up to the EOT: the mask is causal and only the EOT row is read, so the features are
+        the same. Rows are encoded in groups of similar length (`_length_groups`), each cut after its own
+        longest EOT, so a few long class names do not make every row long."""
         if embeddings.dim() != 3 or embeddings.shape[-1] != self.transformer.width:
             raise ValueError(f"text embeddings have shape {tuple(embeddings.shape)}; expected "
                              f"[N, L, {self.transformer.width}]")
@@ -247,12 +298,22 @@ class CLIP(nn.Module):
             raise ValueError(f"{embeddings.shape[1]} text positions exceed the context length {self.context_length}")
         deep_prompts = list(deep_prompts or ())
         eot_indices = eot_indices.to(device=embeddings.device, dtype=torch.long)
-        x = embeddings
-        if _truncation_enabled if truncate is None else truncate:
-            # Keep every position a deep prompt writes to, so replacement never lengthens the sequence.
-            longest_prompt = max((p.shape[-2] for p in deep_prompts), default=0)
-            keep = max(int(eot_indices.max()) + 1, 1 + longest_prompt)
-            x = x[:, :keep]
+        if not (_truncation_enabled if truncate is None else truncate):
+            return self._encode_text_rows(embeddings, eot_indices, deep_prompts)
+        # Keep every position a deep prompt writes to, so replacement never lengthens the sequence.
+        longest_prompt = max((p.shape[-2] for p in deep_prompts), default=0)
+        lengths = (eot_indices + 1).clamp(min=1 + longest_prompt)
+        groups = _length_groups(lengths)
+        if len(groups) == 1:
+            return self._encode_text_rows(embeddings[:, :int(lengths.max())], eot_indices, deep_prompts)
+        features = [
+            self._encode_text_rows(embeddings[rows, :int(lengths[rows].max())], eot_indices[rows],
+                                   [p[rows] if p.dim() == 3 else p for p in deep_prompts])
+            for rows in groups]
+        return torch.cat(features)[torch.argsort(torch.cat(groups))]
+
+    def _encode_text_rows(self, x: torch.Tensor, eot_indices: torch.Tensor,
+                          deep_prompts: list[torch.Tensor]) -> torch.Tensor:
         x = x.to(self.dtype)
         x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
         x = self.transformer.forward_batch_first(x, deep_prompts, prompt_start=1)

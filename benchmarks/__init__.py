@@ -1,0 +1,1 @@
+"""Benchmarks of the trainers (see benchmarks/README.md)."""

@@ -1,0 +1,203 @@
+"""Time a prompt-learning trainer on a randomly initialised CLIP: the median training step (forward +
+backward + optimizer step), evaluation throughput (images/s at the config's test batch size) and peak
+memory, each measurement in a fresh child process (benchmarks/measure.py) so its peak memory is its own.
+
+With --plain every run is repeated with all exact speed-ups off (the official-style path: full 77-token
+text, text re-encoded per evaluation batch, explicit attention) and the table gives our speed-up as a ratio.
+
+Example (the figures in benchmarks/README.md):
+  python3 benchmarks/bench_trainers.py --trainer MaPLe \
+      --config-file configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml \
+      --train-classes 10 500 --eval-classes 1000 --plain --repeats 2 --json maple.json
+Trailing KEY VALUE pairs override the config of every run (e.g. TRAINER.SPEEDUPS.TEXT_CHECKPOINTING True).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict
+from typing import Iterable, Optional
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.measure import REPO, Spec  # noqa: E402
+
+GIB = 1024 ** 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trainer", default="MaPLe", help="registered trainer name (default: MaPLe)")
+    parser.add_argument("--config-file", default="configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml",
+                        help="trainer YAML (its batch sizes are used)")
+    parser.add_argument("--arch", default="ViT-B/16", help="CLIP architecture, random weights (default ViT-B/16)")
+    parser.add_argument("--train-classes", type=int, nargs="*", default=[10, 500],
+                        help="class counts for the training-step measurement (none: skip)")
+    parser.add_argument("--eval-classes", type=int, nargs="*", default=[1000],
+                        help="class counts for the evaluation measurement (none: skip)")
+    parser.add_argument("--plain", action="store_true", help="also run with every speed-up off; report ratios")
+    parser.add_argument("--prec", default="fp32", help="the trainer's PREC (fp32, fp16, amp, bf16)")
+    parser.add_argument("--warmup", type=int, default=1, help="training steps before timing")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (the median is reported)")
+    parser.add_argument("--eval-images", type=int, default=200, help="images timed after the first eval batch")
+    parser.add_argument("--repeats", type=int, default=1, help="fresh processes per measurement (median)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--json", default="bench_trainers.json", help="where to write the results")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
+    return parser
+
+
+def resolve_device(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def plan(args: argparse.Namespace) -> list[Spec]:
+    """Every measurement, repeats interleaved (ours and plain alternate, so drift in a shared machine's load
+    affects both paths alike)."""
+    config_file = os.path.abspath(args.config_file)
+    if not os.path.isfile(config_file):
+        raise SystemExit(f"--config-file {args.config_file} does not exist")
+    paths = (False, True) if args.plain else (False,)
+    phases = [("train", n) for n in args.train_classes] + [("eval", n) for n in args.eval_classes]
+    if not phases:
+        raise SystemExit("nothing to measure: give --train-classes and/or --eval-classes")
+    device = resolve_device(args.device)
+    return [Spec(args.trainer, config_file, args.arch, classes, phase, plain, args.prec, args.warmup, args.steps,
+                 args.eval_images, device, opts=list(args.opts))
+            for _ in range(args.repeats) for phase, classes in phases for plain in paths]
+
+
+def run_child(spec: Spec, workdir: str, index: int) -> dict:
+    """Measure `spec` in a fresh interpreter; its output is shown only if it fails."""
+    spec_file = os.path.join(workdir, f"spec{index}.json")
+    result_file = os.path.join(workdir, f"result{index}.json")
+    with open(spec_file, "w", encoding="utf-8") as f:
+        json.dump(asdict(spec), f)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", spec_file, result_file], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"measurement {describe(spec)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+    with open(result_file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def describe(spec: Spec) -> str:
+    return f"{spec.trainer} {spec.arch} {spec.phase} {spec.classes} classes {'plain' if spec.plain else 'ours'}"
+
+
+def summarize(results: list[dict], phase: str, classes: int, plain: bool) -> Optional[dict]:
+    """Median over repeats of one measurement; peak memory is the largest seen."""
+    runs = [r for r in results if (r["spec"]["phase"], r["spec"]["classes"], r["spec"]["plain"]) ==
+            (phase, classes, plain)]
+    if not runs:
+        return None
+    key, cpu_key = ("step_s", "step_cpu_s") if phase == "train" else ("images_per_s", "images_per_cpu_s")
+    summary = {"value": statistics.median(r[key] for r in runs), "runs": [r[key] for r in runs],
+               "cpu_value": statistics.median(r[cpu_key] for r in runs),
+               "peak_rss_bytes": max(r["peak_rss_bytes"] for r in runs)}
+    if phase == "eval":
+        summary["first_batch_s"] = statistics.median(r["first_batch_s"] for r in runs)
+    cuda = [r["peak_cuda_allocated_bytes"] for r in runs if "peak_cuda_allocated_bytes" in r]
+    if cuda:
+        summary["peak_cuda_allocated_bytes"] = max(cuda)
+    return summary
+
+
+def rows(results: list[dict], specs: Iterable[Spec]) -> list[dict]:
+    """One row per (phase, classes): ours, plain and the speed-up (plain time / our time)."""
+    table = []
+    for phase, classes in dict.fromkeys((s.phase, s.classes) for s in specs):
+        ours, plain = summarize(results, phase, classes, False), summarize(results, phase, classes, True)
+        row = {"phase": phase, "classes": classes, "unit": "s/step" if phase == "train" else "images/s",
+               "ours": ours, "plain": plain, "speedup": None, "cpu_speedup": None}
+        if plain:
+            row["speedup"] = _ratio(phase, ours["value"], plain["value"])
+            row["cpu_speedup"] = _ratio(phase, ours["cpu_value"], plain["cpu_value"])
+        table.append(row)
+    return table
+
+
+def _ratio(phase: str, ours: float, plain: float) -> float:
+    """How many times faster ours is: a time per step shrinks, a throughput grows."""
+    return plain / ours if phase == "train" else ours / plain
+
+
+def _memory(summary: Optional[dict]) -> str:
+    if summary is None:
+        return "-"
+    peak = summary.get("peak_cuda_allocated_bytes", summary["peak_rss_bytes"])
+    return f"{peak / GIB:.2f}"
+
+
+def format_table(table: list[dict], memory_kind: str) -> str:
+    header = ["phase", "classes", "unit", "ours", "plain", "speed-up", "speed-up (CPU time)",
+              f"ours peak {memory_kind} GiB", f"plain peak {memory_kind} GiB"]
+    lines = [header]
+    for row in table:
+        plain = row["plain"]
+        lines.append([row["phase"], str(row["classes"]), row["unit"], f"{row['ours']['value']:.3f}",
+                      "-" if plain is None else f"{plain['value']:.3f}",
+                      "-" if row["speedup"] is None else f"{row['speedup']:.2f}x",
+                      "-" if row["cpu_speedup"] is None else f"{row['cpu_speedup']:.2f}x",
+                      _memory(row["ours"]), _memory(plain)])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(" | ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines)
+
+
+def cpu_model() -> str:
+    """`lscpu`'s model name (Linux /proc/cpuinfo), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def build_report(args: argparse.Namespace, specs: list[Spec], results: list[dict]) -> dict:
+    machine = {"cpu": cpu_model(), "cores": os.cpu_count(), **results[0]["machine"]}
+    return {"trainer": args.trainer, "config_file": args.config_file, "arch": args.arch, "prec": args.prec,
+            "opts": list(args.opts), "machine": machine, "table": rows(results, specs[:len(results)]),
+            "runs": results}
+
+
+def write_json(report: dict, path: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=1)
+
+
+def main(argv: Optional[list[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    specs = plan(args)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench_trainers_") as workdir:
+        for index, spec in enumerate(specs):
+            print(f"[{index + 1}/{len(specs)}] {describe(spec)}", file=sys.stderr, flush=True)
+            results.append(run_child(spec, workdir, index))
+            # after every measurement, so a long run that is stopped keeps what it measured
+            report = build_report(args, specs, results)
+            write_json(report, args.json)
+    machine = report["machine"]
+    memory_kind = "CUDA allocated" if machine["device"] == "cuda" else "RSS"
+    print(f"{args.trainer} on random {args.arch}, PREC {args.prec}, {machine['device']} "
+          f"({machine.get('gpu', machine['cpu'])}, {machine['threads']} threads, torch {machine['torch']})")
+    print(format_table(report["table"], memory_kind))
+    print(f"JSON: {args.json}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
