@@ -30,7 +30,7 @@ from clip.model import fused_attention
 from clip.simple_tokenizer import SimpleTokenizer
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_checkpoint, load_pretrained_weights
+from dassl.utils import load_checkpoint, load_pretrained_weights, missing_model_message
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
@@ -96,6 +96,17 @@ def load_clip_model(cfg, precision: Precision) -> nn.Module:
     print(f"Loading CLIP (backbone: {backbone.NAME}{source})")
     state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
     return precision.prepare(clip.build_model(state_dict))
+
+
+def apply_model_switches(clip_model: nn.Module, cfg) -> None:
+    """The off-by-default switches that trade compile time or recomputation for speed or memory:
+    TRAINER.SPEEDUPS.TEXT_CHECKPOINTING (text encoder) and TRAINER.SPEEDUPS.COMPILE (both towers)."""
+    speedups = cfg.TRAINER.SPEEDUPS
+    clip_model.transformer.checkpointing = speedups.TEXT_CHECKPOINTING
+    if speedups.COMPILE:
+        clip_model.transformer.compile_blocks()
+        if hasattr(clip_model.visual, "transformer"):  # a ModifiedResNet has no transformer blocks
+            clip_model.visual.transformer.compile_blocks()
 
 
 def check_input_size(cfg, clip_model: nn.Module) -> None:
@@ -234,6 +245,20 @@ class FixedTextLearner(PromptLearner):
         return self.fixed_text_features
 
 
+def check_prompts_fit(clip_model: nn.Module, prompts: Sequence[str]) -> None:
+    """Raise a ValueError saying what to shorten when a prompt (plus SOS and EOT) exceeds the backbone's text
+    context; the tokenizer's own error would only quote the prompt."""
+    context_length = clip_model.positional_embedding.shape[0]
+    lengths = [len(_tokenizer.encode(prompt)) + 2 for prompt in prompts]
+    longest = max(range(len(prompts)), key=lengths.__getitem__)
+    excess = lengths[longest] - context_length
+    if excess > 0:
+        raise ValueError(
+            f"the prompt {prompts[longest]!r} needs {lengths[longest]} tokens, more than the text context length "
+            f"{context_length} of the backbone: lower N_CTX (or shorten CTX_INIT or the class name) by at least {excess}"
+        )
+
+
 class TextPromptLearner(PromptLearner):
     """Learned context tokens right after SOS of the prompts "<prefix> <class name>." (one per class).
 
@@ -247,6 +272,7 @@ class TextPromptLearner(PromptLearner):
         self.ctx = ctx
         names = [name.replace("_", " ") for name in classnames]
         self.name_lens = [len(_tokenizer.encode(name)) for name in names]
+        check_prompts_fit(clip_model, [f"{prompt_prefix} {name}." for name in names])
         self.tokenized_prompts = clip.tokenize([f"{prompt_prefix} {name}." for name in names])
         device = clip_model.token_embedding.weight.device
         with torch.no_grad():
@@ -287,9 +313,10 @@ class TextPromptLearner(PromptLearner):
 
 @torch.no_grad()
 def encode_class_templates(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
-                           options: SpeedOptions) -> torch.Tensor:
+                           options: SpeedOptions, normalize_each: bool = True) -> torch.Tensor:
     """Hand-crafted class features: each template's features normalised, averaged over templates and
-    normalised again (one template: its normalised features; several: the ZeroshotCLIP2 ensemble)."""
+    normalised again (one template: its normalised features; several: the ZeroshotCLIP2 ensemble).
+    `normalize_each=False` averages the raw features instead (PromptSRC's teacher, PROTOCOL §8 #20)."""
     names = [name.replace("_", " ") for name in classnames]
     device = clip_model.token_embedding.weight.device
     chunk = options.chunk_size(len(names))
@@ -303,7 +330,7 @@ def encode_class_templates(clip_model: nn.Module, classnames: Sequence[str], tem
                 parts.append(clip_model.encode_text_embeddings(
                     embeddings, tokens.argmax(dim=-1), truncate=options.text_truncation))
         features = torch.cat(parts).float()
-        total = total + features / features.norm(dim=-1, keepdim=True)
+        total = total + (features / features.norm(dim=-1, keepdim=True) if normalize_each else features)
     mean = total / len(templates)
     return mean / mean.norm(dim=-1, keepdim=True)
 
@@ -344,10 +371,15 @@ class PromptedCLIP(nn.Module):
         return self.clip_model.dtype
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        image_features, text_features = self.features(image)
+        return self.logit_scale() * image_features @ text_features.t()
+
+    def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(normalised prompted image features [B, E], normalised class text features [n_cls, E])."""
         with fused_attention(self.options.fused_attention):
             text_features, (prompts, deep_prompts) = self.class_side()
             image_features = self.clip_model.encode_image(image, prompts=prompts, deep_prompts=deep_prompts or None)
-        return self.logit_scale() * l2_normalize(image_features) @ text_features.t()
+        return l2_normalize(image_features), text_features
 
     def logit_scale(self) -> torch.Tensor:
         return self.clip_model.logit_scale.exp().float()
@@ -425,8 +457,8 @@ def load_prompt_weights(module: nn.Module, state_dict: dict, rename: Callable[[s
     wrong = [f"{name}: checkpoint {tuple(renamed[name].shape)} vs model {tuple(p.shape)}"
              for name, p in trainable.items() if renamed[name].shape != p.shape]
     if wrong:
-        raise ValueError("checkpoint shapes differ from the model (trained with another N_CTX, PROMPT_DEPTH, CSC or "
-                         "backbone?): " + "; ".join(wrong))
+        raise ValueError("checkpoint shapes differ from the model (trained with another N_CTX, PROMPT_DEPTH, CSC, "
+                         "class count or backbone?): " + "; ".join(wrong))
     module.load_state_dict({name: renamed[name] for name in trainable}, strict=False)
 
 
@@ -460,6 +492,7 @@ class PromptTrainer(TrainerX):
         clip_model = load_clip_model(cfg, self.precision)
         check_input_size(cfg, clip_model)
         clip_model.to(self.device)
+        apply_model_switches(clip_model, cfg)
         print("Building custom CLIP")
         self.model = self.build_custom_clip(clip_model, self.dm.dataset.classnames)
         print("Turning off gradients in both the image and the text encoder")
@@ -478,8 +511,7 @@ class PromptTrainer(TrainerX):
     def forward_backward(self, batch: dict) -> dict:
         image, label = self.parse_batch_train(batch)
         with self.precision.autocast():
-            logits = self.model(image)
-            loss = F.cross_entropy(logits, label)
+            loss, logits = self.training_loss(image, label)
         self.detect_anomaly(loss)
         self.precision.backward_and_step(loss, self.optim)
         summary = self.loss_summary(loss, logits, label)
@@ -487,6 +519,11 @@ class PromptTrainer(TrainerX):
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def training_loss(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of one training batch, run under the precision's autocast; cross-entropy by default."""
+        logits = self.model(image)
+        return F.cross_entropy(logits, label), logits
 
     def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> dict:
         return {"loss": loss.item()}
@@ -503,7 +540,10 @@ class PromptTrainer(TrainerX):
         for name in self.get_model_names():
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
-                raise FileNotFoundError(f'Model not found at "{model_path}"')
+                raise FileNotFoundError(missing_model_message(directory, name, model_file))
             checkpoint = load_checkpoint(model_path)
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
-            load_prompt_weights(self._models[name], checkpoint["state_dict"], self.rename_checkpoint_key)
+            try:
+                load_prompt_weights(self._models[name], checkpoint["state_dict"], self.rename_checkpoint_key)
+            except ValueError as error:
+                raise ValueError(f'Checkpoint "{model_path}" does not fit the model: {error}') from error

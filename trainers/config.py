@@ -66,12 +66,20 @@ def _add_project_keys(cfg: CN) -> None:
     # Exact speed-ups (same numbers, less work), all on by default; a benchmark's `--plain` mode turns
     # every one of them off to measure the official-style path.
     cfg.TRAINER.SPEEDUPS = CN()
-    # Drop text positions after the longest EOT before the (causal) text transformer.
+    # Drop text positions after the EOT before the (causal) text transformer; many prompts are encoded
+    # in groups of similar length, each cut after its own longest EOT.
     cfg.TRAINER.SPEEDUPS.TEXT_TRUNCATION = True
     # In eval mode, compute image-independent class features (and vision prompts) once, not per batch.
     cfg.TRAINER.SPEEDUPS.EVAL_CACHE = True
     # Attention through F.scaled_dot_product_attention instead of the explicit softmax(QK^T)V path.
     cfg.TRAINER.SPEEDUPS.FUSED_ATTENTION = True
+    # Off by default, each with a cost (benchmarks/README.md has the figures):
+    # activation checkpointing of the text encoder while training: same numbers, much less memory for
+    # many classes, about one more text forward per step;
+    cfg.TRAINER.SPEEDUPS.TEXT_CHECKPOINTING = False
+    # torch.compile of every transformer block of both towers: compile time at the first call of each
+    # new input shape, and numbers close to (not bit-identical with) the eager ones.
+    cfg.TRAINER.SPEEDUPS.COMPILE = False
     # Classes per text-encoder call when no gradient is needed (bounds evaluation memory on 1000-class
     # datasets); 0 = all classes in one call. Not a speed-up: it only splits the same computation.
     cfg.TRAINER.EVAL_TEXT_CHUNK = 256

@@ -16,13 +16,14 @@ class VLPromptLearner(TextPromptLearner):
     and `vision_deep_prompts` (vision layers 1..). The official code keeps the last three inside CLIP's
     modules; `rename_official_vpt_key` maps those checkpoint keys to these names."""
 
-    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module):
-        node = cfg.TRAINER.IVLP
+    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module, method: str = "IVLP"):
+        # `method`: the config node TRAINER.<method> holding the keys (PromptSRC has the same architecture)
+        node = cfg.TRAINER[method]
         if node.PROMPT_DEPTH_TEXT < 1:
-            raise ValueError("TRAINER.IVLP.PROMPT_DEPTH_TEXT must be >= 1 for independent V-L prompting; "
+            raise ValueError(f"TRAINER.{method}.PROMPT_DEPTH_TEXT must be >= 1 for independent V-L prompting; "
                              "use the VPT trainer to learn vision prompts only")
         width = clip_model.ln_final.weight.shape[0]
-        check_depth(node.PROMPT_DEPTH_TEXT, clip_model.transformer.layers, "TRAINER.IVLP.PROMPT_DEPTH_TEXT")
+        check_depth(node.PROMPT_DEPTH_TEXT, clip_model.transformer.layers, f"TRAINER.{method}.PROMPT_DEPTH_TEXT")
         ctx, prefix, n_ctx = init_text_context(clip_model, node.N_CTX_TEXT, node.CTX_INIT, derive_n_ctx=False)
         print("Independent V-L design")
         print(f'Initial text context: "{prefix}"')
@@ -33,9 +34,9 @@ class VLPromptLearner(TextPromptLearner):
         self.vision_ctx: Optional[nn.Parameter] = None
         self.vision_deep_prompts = nn.ParameterList()
         if node.N_CTX_VISION > 0 and node.PROMPT_DEPTH_VISION > 0:
-            visual_width = vision_width(clip_model, "IVLP with vision prompts")
+            visual_width = vision_width(clip_model, f"{method} with vision prompts")
             check_depth(node.PROMPT_DEPTH_VISION, clip_model.visual.transformer.layers,
-                        "TRAINER.IVLP.PROMPT_DEPTH_VISION")
+                        f"TRAINER.{method}.PROMPT_DEPTH_VISION")
             self.vision_ctx = prompt_parameters(1, node.N_CTX_VISION, visual_width)[0]
             self.vision_deep_prompts = prompt_parameters(node.PROMPT_DEPTH_VISION - 1, node.N_CTX_VISION, visual_width)
 
