@@ -1,7 +1,6 @@
 """`ImageFolder`: your own data with no code: `<folder>/<class>/<image>` (+ optional `classnames.txt`).
 
-The folder is `DATASET.IMAGE_FOLDER` when the config has that key and it is set, else
-`<DATASET.ROOT>/imagefolder`. On first use a train/val/test split (50/20/30 per class, shuffled by a
+The folder is `DATASET.IMAGE_FOLDER` when it is set, else `<DATASET.ROOT>/imagefolder`. On first use a train/val/test split (50/20/30 per class, shuffled by a
 fixed-seed RNG of its own, so it does not depend on the run's seed) is written next to the data as
 `split_imagefolder.json` in the official format; later runs read it, so every run and every method sees
 the same split. Delete that file after adding images to re-split. Few-shot caches and base/new
@@ -43,9 +42,14 @@ class ImageFolder(BenchmarkDataset):
     dataset_dir = "imagefolder"
     split_file = "split_imagefolder.json"
 
+    @staticmethod
+    def extend_cfg(cfg) -> None:
+        # Where the user's <class>/<image> tree is; empty = <DATASET.ROOT>/imagefolder.
+        cfg.DATASET.IMAGE_FOLDER = ""
+
     @classmethod
     def locate(cls, cfg) -> str:
-        folder = getattr(cfg.DATASET, "IMAGE_FOLDER", "")
+        folder = cfg.DATASET.IMAGE_FOLDER
         return os.path.abspath(os.path.expanduser(folder)) if folder else os.path.join(resolve_root(cfg), cls.dataset_dir)
 
     @classmethod

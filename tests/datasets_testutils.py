@@ -15,6 +15,7 @@ def make_cfg(root: str, num_shots: int = -1, subsample: str = "all", seed: int =
     cfg.DATASET.ROOT = str(root)
     cfg.DATASET.NUM_SHOTS = num_shots
     cfg.DATASET.SUBSAMPLE_CLASSES = subsample
+    cfg.DATASET.IMAGE_FOLDER = ""
     for key, value in dataset_keys.items():
         setattr(cfg.DATASET, key, value)
     return cfg

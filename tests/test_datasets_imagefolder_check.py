@@ -45,6 +45,17 @@ def test_image_folder_from_config_key(tmp_path):
     assert ds.classnames == ["cat", "dog"] and ds.train_x[0].impath.startswith(str(folder))
 
 
+def test_image_folder_key_comes_from_the_dataset_class_through_the_command_line(tmp_path):
+    """The dataset's own `extend_cfg` adds DATASET.IMAGE_FOLDER, so train.py accepts it like any key."""
+    import train
+
+    args = train.build_parser().parse_args(
+        ["--dataset-config-file", os.path.join(os.path.dirname(train.__file__), "configs/datasets/imagefolder.yaml"),
+         "DATASET.IMAGE_FOLDER", str(tmp_path)])
+    train.import_plugins(args.imports)
+    assert train.setup_cfg(args).DATASET.IMAGE_FOLDER == str(tmp_path)
+
+
 def test_image_folder_errors(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=r"imagefolder(.|\n)*DATASETS.md#imagefolder"):
         DATASET_REGISTRY.get("ImageFolder")(make_cfg(tmp_path))

@@ -2,8 +2,9 @@
 (PROTOCOL.md §2.4) plus this project's own keys. train.py and the Python API call `extend_cfg` once,
 after `get_cfg_default()` and before any YAML is merged (yacs refuses keys it does not know).
 
-A trainer file can add keys of its own by defining a static method `extend_cfg(cfg)` on its class; it is
-called here for every registered trainer, so a new method stays one file plus one YAML.
+A trainer or dataset file can add keys of its own by defining a static method `extend_cfg(cfg)` on its
+class; it is called here for every registered trainer and dataset, so a new method stays one file plus one
+YAML.
 """
 from yacs.config import CfgNode as CN
 
@@ -86,12 +87,15 @@ def _add_project_keys(cfg: CN) -> None:
 
 
 def extend_cfg(cfg: CN) -> None:
-    """Add every method key (official and project) and each registered trainer's own keys to `cfg`."""
+    """Add every method key (official and project), then the keys of every registered trainer and dataset
+    class that defines a static `extend_cfg(cfg)`."""
     _add_official_keys(cfg)
     _add_project_keys(cfg)
+    from dassl.data.datasets import DATASET_REGISTRY
     from dassl.engine import TRAINER_REGISTRY
 
-    for name in TRAINER_REGISTRY.registered_names():
-        hook = getattr(TRAINER_REGISTRY.get(name), "extend_cfg", None)
-        if callable(hook):
-            hook(cfg)
+    for registry in (TRAINER_REGISTRY, DATASET_REGISTRY):
+        for name in registry.registered_names():
+            hook = getattr(registry.get(name), "extend_cfg", None)
+            if callable(hook):
+                hook(cfg)
