@@ -222,8 +222,6 @@ def machine(device) -> dict:
 
 def measure(spec: Spec) -> dict:
     """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
-    import torch
-
     from dassl.utils import set_random_seed
 
     if spec.phase not in PHASES:

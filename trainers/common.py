@@ -15,7 +15,6 @@ the frozen CLIP (clip/ does that at every insertion point).
 from __future__ import annotations
 
 import contextlib
-import os.path as osp
 import re
 from dataclasses import dataclass
 from itertools import chain
@@ -30,7 +29,7 @@ from clip.model import fused_attention
 from clip.simple_tokenizer import SimpleTokenizer
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
-from dassl.utils import load_checkpoint, load_pretrained_weights, missing_model_message
+from dassl.utils import load_pretrained_weights
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
@@ -533,15 +532,7 @@ class PromptTrainer(TrainerX):
             return self.model(input)
 
     def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        if not directory:
-            print("Note that load_model() is skipped as no pretrained model is given")
-            return
-        model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
-        for name in self.get_model_names():
-            model_path = osp.join(directory, name, model_file)
-            if not osp.exists(model_path):
-                raise FileNotFoundError(missing_model_message(directory, name, model_file))
-            checkpoint = load_checkpoint(model_path)
+        for name, model_path, checkpoint in self.checkpoints_to_load(directory, epoch):
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             try:
                 load_prompt_weights(self._models[name], checkpoint["state_dict"], self.rename_checkpoint_key)

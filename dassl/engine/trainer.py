@@ -135,8 +135,9 @@ class TrainerBase:
                 self.best_result = checkpoint["best_val_result"]
         return start_epoch
 
-    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
-        """Load `model.pth.tar-<epoch>` (or `model-best.pth.tar` when epoch is None) into every registered model."""
+    def checkpoints_to_load(self, directory: str, epoch: Optional[int] = None):
+        """Yield (name, path, checkpoint) of `model.pth.tar-<epoch>` (or `model-best.pth.tar` when epoch is
+        None) for every registered model; nothing, with Dassl's note, when no directory is given."""
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
             return
@@ -145,7 +146,11 @@ class TrainerBase:
             model_path = osp.join(directory, name, model_file)
             if not osp.exists(model_path):
                 raise FileNotFoundError(missing_model_message(directory, name, model_file))
-            checkpoint = load_checkpoint(model_path)
+            yield name, model_path, load_checkpoint(model_path)
+
+    def load_model(self, directory: str, epoch: Optional[int] = None) -> None:
+        """Load `model.pth.tar-<epoch>` (or `model-best.pth.tar` when epoch is None) into every registered model."""
+        for name, model_path, checkpoint in self.checkpoints_to_load(directory, epoch):
             val_result = checkpoint.get("val_result")
             val_text = "None" if val_result is None else f"{val_result:.1f}"
             print(f"Load {model_path} to {name} (epoch={checkpoint['epoch']}, val_result={val_text})")
