@@ -138,10 +138,29 @@ def official_coop_state(model):
     return {"ctx": pl.ctx.clone(), "token_prefix": pl.token_prefix[:3], "token_suffix": pl.token_suffix[:3]}
 
 
+def official_cocoop_state(model):
+    """The official CoCoOp registers its prompt learner: ctx, meta_net.linear{1,2}.* and the token buffers."""
+    state = {k: v.clone() for k, v in model.prompt_learner.state_dict().items()}
+    assert {"ctx", "meta_net.linear1.weight", "meta_net.linear2.bias"} <= set(state)
+    state["token_prefix"], state["token_suffix"] = state["token_prefix"][:3], state["token_suffix"][:3]
+    return state
+
+
+def official_vpt_state(model):
+    """The official VPT keeps its prompts inside CLIP's image encoder (whole CustomCLIP registered)."""
+    pl = model.prompt_learner
+    state = {"image_encoder.VPT": pl.vision_ctx.clone()}
+    for k, p in enumerate(pl.vision_deep_prompts):
+        state[f"image_encoder.transformer.resblocks.{k + 1}.VPT_shallow"] = p.clone()
+    return state
+
+
 @pytest.mark.parametrize("name,config,make_state", [
     ("MaPLe", "MaPLe/demo.yaml", official_maple_state),
     ("IVLP", "IVLP/demo.yaml", official_ivlp_state),
     ("CoOp", "CoOp/demo.yaml", official_coop_state),
+    ("CoCoOp", "CoCoOp/demo.yaml", official_cocoop_state),
+    ("VPT", "VPT/demo.yaml", official_vpt_state),
 ])
 def test_official_checkpoint_layout_loads(name, config, make_state, data_root, tmp_path):
     trainer = demo_trainer(name, config, data_root, str(tmp_path / "out"))
