@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import urllib.error
 import urllib.request
 import warnings
@@ -58,9 +59,10 @@ def download(url: str, root: str | None = None) -> str:
             return target
         warnings.warn(f"{target} exists but its SHA-256 does not match {expected}; removing it and downloading again")
         os.remove(target)
-    partial = target + ".part"
+    # A private temporary name: parallel jobs (scripts/sweep.sh) sharing a cache never write the same file.
+    handle, partial = tempfile.mkstemp(dir=root, prefix=f".{os.path.basename(url)}.", suffix=".part")
     try:
-        with open_url(url) as source, open(partial, "wb") as output:
+        with os.fdopen(handle, "wb") as output, open_url(url) as source:
             length = source.info().get("Content-Length")
             with tqdm(total=int(length) if length else None, unit="iB", unit_scale=True, unit_divisor=1024,
                       ncols=80, desc=os.path.basename(url)) as bar:
@@ -80,5 +82,6 @@ def download(url: str, root: str | None = None) -> str:
         os.remove(partial)
         raise RuntimeError(f"Downloaded {url} but its SHA-256 is {actual}, expected {expected}; the file was "
                            f"discarded. Try again, or place a verified copy at {target}.")
+    os.chmod(partial, 0o644)  # mkstemp makes it private; a shared cache must stay readable
     os.replace(partial, target)
     return target

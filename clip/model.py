@@ -396,11 +396,27 @@ def infer_config(state_dict: dict, source: str = "state dict") -> CLIPConfig:
     )
 
 
+def _check_design(design_details: dict | None) -> None:
+    """The official MaPLe / IVLP / VPT trainer files ask for per-method prompted blocks and then call the
+    transformers with [x, prompts, counter] lists; say so instead of failing deep inside the forward."""
+    if not design_details:
+        return
+    trainer = design_details.get("trainer", "CoOp")
+    if trainer not in ("CoOp", "CoCoOp"):
+        raise ValueError(
+            f"design_details asks for the official {trainer} prompted blocks; this CLIP takes prompts as "
+            "encoder arguments instead (encode_text_embeddings / encode_image with prompts and deep_prompts). "
+            f"Use this project's {trainer} trainer (trainers/), which implements the same method on them."
+        )
+
+
 def build_model(state_dict: dict, design_details: dict | None = None, source: str = "state dict") -> CLIP:
     """Build CLIP from an OpenAI-format state dict (fp16 or fp32): architecture inferred, weights cast like
     OpenAI's convert_weights, loaded strictly, eval() mode. `design_details` is accepted for the official
-    trainers' call signature and ignored: prompts are arguments of the encoders, not model variants.
-    Building draws nothing from the global RNG."""
+    trainers' call signature: prompts are arguments of the encoders, not model variants, so the plain
+    (CoOp / CoCoOp / zero-shot) design is the only one it can describe. Building draws nothing from the
+    global RNG."""
+    _check_design(design_details)
     config = infer_config(state_dict, source)
     with torch.device("meta"):  # no allocation or random init for weights that are overwritten anyway
         model = CLIP(**asdict(config))

@@ -232,10 +232,10 @@ base_cmd() {
 }
 
 # With CHECK_FINISHED=1 (used by sweep.sh) only report whether DIR is finished: print its result and exit 0
-# if so, else exit 1.
+# if so, else exit 1. With FORCE=1 nothing counts as finished (the job is to run again).
 check_only() {  # DIR [--test-log]
     if [ "${CHECK_FINISHED:-0}" = 1 ]; then
-        if run_result "$@"; then exit 0; else exit 1; fi
+        if [ "${FORCE:-0}" != 1 ] && run_result "$@"; then exit 0; else exit 1; fi
     fi
 }
 

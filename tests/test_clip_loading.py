@@ -196,3 +196,14 @@ def test_import_surface_of_the_official_trainers():
         assert getattr(clip, name) is getattr(module, name)
     with pytest.raises(ValueError, match="jit=False"):
         clip.load(TINY, jit=True)
+
+
+def test_design_details_of_the_official_prompted_blocks_get_a_clear_error():
+    """The official MaPLe/IVLP/VPT trainer files ask build_model for per-method blocks; the plain designs of
+    the official CoOp/CoCoOp files build the model as usual."""
+    state_dict = random_state_dict("RandomInit-ViT-Tiny")
+    plain = {"trainer": "CoOp", "vision_depth": 0, "language_depth": 0, "vision_ctx": 0, "language_ctx": 0}
+    assert clip.build_model(dict(state_dict), plain).visual.input_resolution == 32
+    maple = dict(plain, trainer="MaPLe", maple_length=2)
+    with pytest.raises(ValueError, match="official MaPLe prompted blocks.*this project's MaPLe trainer"):
+        clip.build_model(dict(state_dict), maple)

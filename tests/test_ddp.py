@@ -109,20 +109,21 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
 def test_single_process_environments_are_not_distributed():
     assert read_launch_env({}) is None
     assert read_launch_env({"WORLD_SIZE": "1", "RANK": "0"}) is None
-    assert read_launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None
-    # inside an allocation but outside an srun step (no SLURM_PROCID): a plain single process
-    assert read_launch_env({"SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}) is None
+    assert read_launch_env({"SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "1"}) is None
+    # the batch script of a 4-task allocation (SLURM_PROCID=0 there too, but no srun step): a plain single process
+    assert read_launch_env({"SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}) is None
 
 
 def test_torchrun_and_slurm_environments():
     torchrun = {"WORLD_SIZE": "8", "RANK": "5", "LOCAL_RANK": "1", "MASTER_ADDR": "node0", "MASTER_PORT": "29500"}
     assert read_launch_env(torchrun) == LaunchEnv(rank=5, world_size=8, local_rank=1, source="torchrun")
-    slurm = {"SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
+    slurm = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "3", "SLURM_NTASKS": "4", "SLURM_LOCALID": "1",
+             "MASTER_ADDR": "n1", "MASTER_PORT": "1234"}
     assert read_launch_env(slurm) == LaunchEnv(rank=3, world_size=4, local_rank=1, source="SLURM")
 
 
 @pytest.mark.parametrize("environ, words", [
-    ({"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "MASTER_PORT": "1"}, ["MASTER_ADDR", "export"]),
+    ({"SLURM_STEP_ID": "0", "SLURM_PROCID": "0", "SLURM_NTASKS": "2", "MASTER_PORT": "1"}, ["MASTER_ADDR", "export"]),
     ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "a"}, ["MASTER_PORT", "torchrun"]),
     ({"WORLD_SIZE": "two"}, ["WORLD_SIZE", "'two'"]),
     ({"WORLD_SIZE": "2", "RANK": "2", "MASTER_ADDR": "a", "MASTER_PORT": "1"}, ["rank 2", "0..1"]),

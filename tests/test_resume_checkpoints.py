@@ -143,3 +143,16 @@ def test_checkpoint_freq(data_root, tmp_path, freq, during, after):
     trainer.train()
     assert seen == during
     assert sorted(n.rsplit("-", 1)[1] for n in os.listdir(out / "prompt_learner") if n.startswith("model.pth")) == after
+
+
+def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
+    """Temporary files are private (0600); the published file must not be, or other users of a shared data
+    root could not read its caches."""
+    from dassl.utils import write_json_atomic
+
+    old_umask = os.umask(0o022)
+    try:
+        write_json_atomic({"a": 1}, str(tmp_path / "split.json"))
+    finally:
+        os.umask(old_umask)
+    assert os.stat(tmp_path / "split.json").st_mode & 0o777 == 0o644

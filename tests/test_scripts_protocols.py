@@ -92,6 +92,10 @@ def test_finished_runs_are_skipped_and_unfinished_resumed(fake, tmp_path):
     assert len(recorded_calls(fake)) == 2
     check = run("base2new_train.sh", "demo", "3", env={**fake, "CHECK_FINISHED": "1"}, cwd=tmp_path)
     assert check.returncode == 1 and len(recorded_calls(fake)) == 2
+    # The sweep's pre-check: seed 1 is finished, unless FORCE=1 asks for it to run again.
+    assert run("base2new_train.sh", "demo", "1", env={**fake, "CHECK_FINISHED": "1"}, cwd=tmp_path).returncode == 0
+    forced = run("base2new_train.sh", "demo", "1", env={**fake, "CHECK_FINISHED": "1", "FORCE": "1"}, cwd=tmp_path)
+    assert forced.returncode == 1 and len(recorded_calls(fake)) == 2
 
 
 def test_loadep_follows_overrides_and_missing_model_is_explained(fake, tmp_path):

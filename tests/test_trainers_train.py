@@ -51,6 +51,31 @@ def test_other_precisions_train(prec, data_root, tmp_path):
     assert same_tensors(frozen_before, clip_state(trainer.model))
 
 
+@pytest.mark.parametrize("prec", ["bf16", "amp"])
+def test_logits_are_fp32_under_autocast(prec, data_root, tmp_path):
+    """At CLIP's logit scale of 100, bf16 logits would step by up to 0.5 and tie or swap the top classes."""
+    trainer = demo_trainer("CoCoOp", "CoCoOp/demo.yaml", data_root, str(tmp_path), "TRAINER.COCOOP.PREC", prec)
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        assert trainer.model_inference(torch.randn(2, 3, 32, 32)).dtype == torch.float32
+    maple = demo_trainer("MaPLe", "MaPLe/demo.yaml", data_root, str(tmp_path / "m"), "TRAINER.MAPLE.PREC", prec)
+    maple.set_model_mode("eval")
+    with torch.no_grad():
+        assert maple.model_inference(torch.randn(2, 3, 32, 32)).dtype == torch.float32
+
+
+def test_training_mode_leaves_the_frozen_clip_in_eval_mode(data_root, tmp_path):
+    """The whole model is registered (official layout), but a ResNet's BatchNorm statistics must not move."""
+    trainer = demo_trainer("IVLP", "IVLP/demo_language_only.yaml", data_root, str(tmp_path),
+                           "MODEL.BACKBONE.NAME", "RandomInit-RN-Tiny", "INPUT.SIZE", "(64, 64)")
+    trainer.set_model_mode("train")
+    assert trainer.model.prompt_learner.training and not trainer.model.clip_model.training
+    assert not any(m.training for m in trainer.model.clip_model.modules())
+    frozen_before = clip_state(trainer.model)
+    trainer.train()
+    assert same_tensors(frozen_before, clip_state(trainer.model))
+
+
 def test_vision_prompt_methods_need_a_vit(data_root, tmp_path):
     with pytest.raises(ValueError, match="needs a ViT backbone"):
         demo_trainer("MaPLe", "MaPLe/demo.yaml", data_root, str(tmp_path), "MODEL.BACKBONE.NAME", "RandomInit-RN-Tiny",

@@ -8,8 +8,8 @@ import torch.nn as nn
 from clip.model import fused_attention
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, init_text_context, l2_normalize,
-                     round_to_dtype_)
+from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, cosine_logits,
+                     init_text_context, l2_normalize, round_to_dtype_)
 
 
 class PromptLearner(TextPromptLearner):
@@ -60,8 +60,8 @@ class CoCoOpCLIP(PromptedCLIP):
                 eot = learner.eot_indices.repeat(len(feats))
                 text = self.clip_model.encode_text_embeddings(prompts, eot, truncate=self.options.text_truncation)
                 text = l2_normalize(text).view(len(feats), learner.n_cls, -1)
-                logits.append(torch.einsum("be,bce->bc", feats, text))
-        return self.logit_scale() * torch.cat(logits)
+                logits.append(cosine_logits(self.logit_scale(), feats, text))
+        return torch.cat(logits)
 
 
 @TRAINER_REGISTRY.register()

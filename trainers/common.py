@@ -339,10 +339,20 @@ def encode_class_templates(clip_model: nn.Module, classnames: Sequence[str], tem
 
 
 def l2_normalize(features: torch.Tensor) -> torch.Tensor:
-    """Unit-norm fp32 features, so logits and the loss are fp32 (the official fp16 path computes the
-    cross-entropy on fp16 logits)."""
+    """Unit-norm fp32 features (see `cosine_logits`)."""
     features = features.float()
     return features / features.norm(dim=-1, keepdim=True)
+
+
+def cosine_logits(scale: torch.Tensor, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    """scale * image @ text^T in fp32 with autocast off: at CLIP's scale of 100, bf16 logits would step by up to
+    0.5 and tie or swap top classes. Text [C, E] is shared by the batch; [B, C, E] is per image (CoCoOp). The
+    official fp16 path computes fp16 logits and the cross-entropy on them."""
+    with torch.autocast(image_features.device.type, enabled=False):
+        image_features, text_features = image_features.float(), text_features.float()
+        if text_features.dim() == 3:
+            return scale.float() * torch.einsum("be,bce->bc", image_features, text_features)
+        return scale.float() * image_features @ text_features.t()
 
 
 class PromptedCLIP(nn.Module):
@@ -371,7 +381,14 @@ class PromptedCLIP(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         image_features, text_features = self.features(image)
-        return self.logit_scale() * image_features @ text_features.t()
+        return cosine_logits(self.logit_scale(), image_features, text_features)
+
+    def train(self, mode: bool = True) -> "PromptedCLIP":
+        """Training mode for the prompts only: the frozen CLIP stays in eval mode, so a ResNet's BatchNorm
+        statistics never move (the official code switches the whole model)."""
+        super().train(mode)
+        self.clip_model.eval()
+        return self
 
     def features(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(normalised prompted image features [B, E], normalised class text features [n_cls, E])."""
@@ -500,6 +517,8 @@ class PromptTrainer(TrainerX):
         if cfg.MODEL.INIT_WEIGHTS:
             load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
+        # The prompts only: the same updates as the official optimizer over the whole model (frozen tensors get
+        # no gradient), without optimizer state for the frozen CLIP.
         self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.MODEL_NAME, module, self.optim, self.sched)

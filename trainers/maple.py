@@ -23,7 +23,8 @@ class MultiModalPromptLearner(TextPromptLearner):
         visual_width = vision_width(clip_model, "MaPLe")
         layers = min(clip_model.transformer.layers, clip_model.visual.transformer.layers)
         check_depth(node.PROMPT_DEPTH, layers, "TRAINER.MAPLE.PROMPT_DEPTH")
-        # Creation order = the official one, so the global RNG gives the same initial values.
+        # Creation order = the official one (ctx, proj, deep prompts, deep projections), so the draws from the
+        # global RNG follow the official sequence from here on (our CLIP construction itself draws nothing).
         ctx, prefix, n_ctx = init_text_context(clip_model, node.N_CTX, node.CTX_INIT, derive_n_ctx=False)
         print("MaPLe design: Multi-modal Prompt Learning")
         print(f'Initial context: "{prefix}"')

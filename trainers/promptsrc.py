@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from clip.model import fused_attention
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, encode_class_templates, l2_normalize,
-                     rename_official_vpt_key)
+from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, cosine_logits, encode_class_templates,
+                     l2_normalize, rename_official_vpt_key)
 from .imagenet_templates import IMAGENET_TEMPLATES
 from .independentVL import VLPromptLearner
 
@@ -150,8 +150,8 @@ class PromptSRCCLIP(PromptedCLIP):
         with torch.no_grad(), fused_attention(self.options.fused_attention):
             teacher_image = l2_normalize(self.clip_model.encode_image(image))
         # The official teacher logits use the fp16-rounded text features (`half()`): round through CLIP's dtype.
-        teacher_logits = scale * teacher_image @ self.teacher_text.to(self.dtype).float().t()
-        return PromptSRCOutputs(scale * image_features @ text_features.t(), text_features, image_features,
+        teacher_logits = cosine_logits(scale, teacher_image, self.teacher_text.to(self.dtype))
+        return PromptSRCOutputs(cosine_logits(scale, image_features, text_features), text_features, image_features,
                                 teacher_logits, self.teacher_text, teacher_image)
 
 

@@ -33,6 +33,9 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], durable: bool = T
     except OSError as error:
         raise _naming(error, path) from error
     try:
+        # mkstemp creates the file private (0600); give it the mode a plain open() would (0666 minus the
+        # umask), so caches in a shared data root stay readable by the other users of that root.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             if durable:
@@ -47,6 +50,12 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None], durable: bool = T
         if isinstance(error, OSError) and error.errno is not None:
             raise _naming(error, path) from error
         raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _naming(error: OSError, path: str) -> OSError:

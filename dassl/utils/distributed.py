@@ -59,8 +59,9 @@ def read_launch_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
 
     torchrun (single- or multi-node, any rendezvous) sets WORLD_SIZE / RANK / LOCAL_RANK. Under SLURM,
     `srun` sets SLURM_NTASKS / SLURM_PROCID / SLURM_LOCALID, and MASTER_ADDR / MASTER_PORT must name the
-    rendezvous host (see docs/DISTRIBUTED.md). SLURM_PROCID is only set inside an srun step, so a plain
-    `python train.py` inside an allocation stays single-process."""
+    rendezvous host (see docs/DISTRIBUTED.md). Only an srun step counts (SLURM_STEP_ID is set there): the
+    batch script itself also has SLURM_PROCID=0 and the allocation's SLURM_NTASKS, and a plain
+    `python train.py` (or scripts/sweep.sh) in it stays single-process."""
     environ = os.environ if environ is None else environ
     if "WORLD_SIZE" in environ:
         world_size = _int_var(environ, "WORLD_SIZE")
@@ -75,7 +76,7 @@ def read_launch_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
         rank = _int_var(environ, "RANK")
         local_rank = _int_var(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
         source = "torchrun"
-    elif "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
+    elif "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
         world_size = _int_var(environ, "SLURM_NTASKS")
         if world_size <= 1:
             return None
