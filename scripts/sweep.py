@@ -83,6 +83,10 @@ class Job:
         env["TRAINER"] = self.trainer
         if self.config:
             env["CFG"] = self.config
+        if self.step == "zeroshot" and not self.config:
+            # A CFG / SUB meant for the trained methods names no CoOp config of zero-shot CLIP: its defaults.
+            env.pop("CFG", None)
+            env.pop("SUB", None)
         if slot is not None:
             # An empty CUDA_VISIBLE_DEVICES hides every GPU, so a 'cpu' slot runs on the CPU.
             env["CUDA_VISIBLE_DEVICES"] = "" if slot == "cpu" else slot

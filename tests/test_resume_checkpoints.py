@@ -156,3 +156,11 @@ def test_atomic_files_get_the_mode_a_plain_open_would_give(tmp_path):
     finally:
         os.umask(old_umask)
     assert os.stat(tmp_path / "split.json").st_mode & 0o777 == 0o644
+
+
+def test_a_checkpoint_beyond_max_epoch_is_reported(data_root, tmp_path):
+    """A later config with fewer epochs in the same output folder would silently test the old model."""
+    out = str(tmp_path / "out")
+    build_trainer(demo_cfg(data_root, out, "OPTIM.MAX_EPOCH", "2", "TEST.NO_TEST", "True")).train()
+    with pytest.warns(UserWarning, match=r"checkpoint of epoch 2 but OPTIM.MAX_EPOCH is 1.*another --output-dir"):
+        build_trainer(demo_cfg(data_root, out, "OPTIM.MAX_EPOCH", "1", "TEST.NO_TEST", "True")).train()

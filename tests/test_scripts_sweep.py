@@ -60,3 +60,13 @@ def test_base2new_sweep_failure_isolation_table_and_rerun(tmp_path):
     assert "Sweep: 8 jobs, 8 already finished, 0 to run" in second.stdout
     assert "[start]" not in second.stdout
     assert sorted(glob.glob(os.path.join(out, "base2new", "**", "log.txt*"), recursive=True)) == logs_before
+
+
+def test_zero_shot_jobs_ignore_a_cfg_and_sub_meant_for_the_trained_methods():
+    from scripts.sweep import Job
+
+    base = {"CFG": "vit_b16_c2_ep5_batch4_2ctx", "SUB": "new", "DATA": "data"}
+    zero_shot = Job("zeroshot", "ZeroshotCLIP", None, "demo", "1").environment(base, "cpu")
+    assert "CFG" not in zero_shot and "SUB" not in zero_shot and zero_shot["DATA"] == "data"
+    trained = Job("base2new_train", "MaPLe", None, "demo", "1").environment(base, "cpu")
+    assert trained["CFG"] == "vit_b16_c2_ep5_batch4_2ctx" and trained["CUDA_VISIBLE_DEVICES"] == ""

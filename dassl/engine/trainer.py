@@ -9,6 +9,7 @@ import datetime
 import math
 import os.path as osp
 import time
+import warnings
 from collections import OrderedDict
 from typing import Dict, List, Optional, Union
 
@@ -311,6 +312,10 @@ class SimpleTrainer(TrainerBase):
     def before_train(self) -> None:
         directory = self.cfg.RESUME or self.cfg.OUTPUT_DIR
         self.start_epoch = self.resume_model_if_exist(directory)
+        if self.start_epoch > self.max_epoch:
+            warnings.warn(f"{directory} holds a checkpoint of epoch {self.start_epoch} but OPTIM.MAX_EPOCH is "
+                          f"{self.max_epoch}: nothing is trained and the epoch-{self.start_epoch} model is tested; "
+                          "use another --output-dir to train this config")
         decorrelate_rng()  # after resume, which restores rank 0's random state on every rank
         if is_main_process():
             writer_dir = osp.join(self.output_dir, "tensorboard")
