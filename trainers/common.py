@@ -18,7 +18,7 @@ import contextlib
 import re
 from dataclasses import dataclass
 from itertools import chain
-from typing import Callable, ContextManager, Optional, Sequence
+from typing import ContextManager, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -457,14 +457,15 @@ def rename_official_vpt_key(key: str) -> str:
     return key
 
 
-def load_prompt_weights(module: nn.Module, state_dict: dict, rename: Callable[[str], str] = lambda k: k) -> None:
-    """Load the learned prompt weights of a checkpoint (ours or the official layout) into `module`.
+def load_prompt_weights(module: nn.Module, state_dict: dict) -> None:
+    """Load the learned prompt weights of a checkpoint (ours or the official layout, IVLP/VPT keys mapped by
+    `rename_official_vpt_key`, which leaves every other key as it is) into `module`.
 
     Only the trainable parameters are taken: the class-name buffers `token_prefix`/`token_suffix` are
     rebuilt from the current class names (this is what lets base-class prompts be evaluated on novel
     classes, as in the official code) and the frozen CLIP weights come from the backbone.
     """
-    renamed = {rename(key[len("module."):] if key.startswith("module.") else key): value
+    renamed = {rename_official_vpt_key(key[len("module."):] if key.startswith("module.") else key): value
                for key, value in state_dict.items()}
     trainable = {name: p for name, p in module.named_parameters() if p.requires_grad}
     missing = [name for name in trainable if name not in renamed]
@@ -498,9 +499,6 @@ class PromptTrainer(TrainerX):
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         raise NotImplementedError
-
-    def rename_checkpoint_key(self, key: str) -> str:
-        return key
 
     def build_model(self) -> None:
         cfg = self.cfg
@@ -554,6 +552,6 @@ class PromptTrainer(TrainerX):
         for name, model_path, checkpoint in self.checkpoints_to_load(directory, epoch):
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             try:
-                load_prompt_weights(self._models[name], checkpoint["state_dict"], self.rename_checkpoint_key)
+                load_prompt_weights(self._models[name], checkpoint["state_dict"])
             except ValueError as error:
                 raise ValueError(f'Checkpoint "{model_path}" does not fit the model: {error}') from error

@@ -8,7 +8,7 @@ import torch.nn as nn
 from dassl.engine import TRAINER_REGISTRY
 
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, check_depth, init_text_context,
-                     prompt_parameters, rename_official_vpt_key, vision_width)
+                     prompt_parameters, vision_width)
 
 
 class VLPromptLearner(TextPromptLearner):
@@ -55,6 +55,3 @@ class IVLP(PromptTrainer):
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         learner = VLPromptLearner(self.cfg, classnames, clip_model)
         return PromptedCLIP(clip_model, learner, SpeedOptions.from_cfg(self.cfg))
-
-    def rename_checkpoint_key(self, key: str) -> str:
-        return rename_official_vpt_key(key)

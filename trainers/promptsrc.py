@@ -34,7 +34,7 @@ from clip.model import fused_attention
 from dassl.engine import TRAINER_REGISTRY
 
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, cosine_logits, encode_class_templates,
-                     l2_normalize, rename_official_vpt_key)
+                     l2_normalize)
 from .imagenet_templates import IMAGENET_TEMPLATES
 from .independentVL import VLPromptLearner
 
@@ -192,9 +192,6 @@ class PromptSRC(PromptTrainer):
         learner = VLPromptLearner(self.cfg, classnames, clip_model, method=self.METHOD_KEY)
         weights = gpa_weights(node.GPA_MEAN, node.GPA_STD, self.cfg.OPTIM.MAX_EPOCH)
         return PromptSRCCLIP(clip_model, learner, SpeedOptions.from_cfg(self.cfg), classnames, weights)
-
-    def rename_checkpoint_key(self, key: str) -> str:
-        return rename_official_vpt_key(key)
 
     def training_loss(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         outputs = self.model(image, with_teacher=True)

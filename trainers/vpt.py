@@ -8,7 +8,7 @@ import torch.nn as nn
 from dassl.engine import TRAINER_REGISTRY
 
 from .common import (FixedTextLearner, PromptedCLIP, PromptTrainer, SpeedOptions, check_depth, encode_class_templates,
-                     prompt_parameters, rename_official_vpt_key, vision_width)
+                     prompt_parameters, vision_width)
 
 TEXT_TEMPLATE = "a photo of a {}."
 
@@ -42,6 +42,3 @@ class VPT(PromptTrainer):
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         options = SpeedOptions.from_cfg(self.cfg)
         return PromptedCLIP(clip_model, VisionPromptLearner(self.cfg, classnames, clip_model, options), options)
-
-    def rename_checkpoint_key(self, key: str) -> str:
-        return rename_official_vpt_key(key)
