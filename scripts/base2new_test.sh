@@ -28,13 +28,8 @@ esac
 
 DIR="$(base2new_dir "test_$SUB" "$DATASET" "$SEED")"
 check_only "$DIR" --test-log
-if [ -n "${MODEL_DIR:-}" ]; then
-    MODEL_DIR="$(from_caller "$MODEL_DIR")"
-    require_model_dir "$MODEL_DIR" "MODEL_DIR must hold the trained prompt checkpoint folder(s)"
-else
-    MODEL_DIR="$(base2new_dir train_base "$DATASET" "$SEED")"
-    require_model_dir "$MODEL_DIR" "run scripts/base2new_train.sh $DATASET $SEED first, with the same TRAINER/CFG/SHOTS"
-fi
+resolve_model_dir "$(base2new_dir train_base "$DATASET" "$SEED")" \
+    "run scripts/base2new_train.sh $DATASET $SEED first, with the same TRAINER/CFG/SHOTS"
 resolve_loadep
 
 base_cmd "$DATASET" "$SEED" "$DIR"

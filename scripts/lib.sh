@@ -267,6 +267,17 @@ require_model_dir() {  # DIR HINT
     [ -d "$1" ] || die "no trained model in $1 ($2)"
 }
 
+# The model an evaluation loads: $MODEL_DIR when set (relative to the caller), else the training run's folder.
+resolve_model_dir() {  # TRAINING_DIR HINT_WHEN_MISSING
+    if [ -n "${MODEL_DIR:-}" ]; then
+        MODEL_DIR="$(from_caller "$MODEL_DIR")"
+        require_model_dir "$MODEL_DIR" "MODEL_DIR must hold the trained prompt checkpoint folder(s)"
+    else
+        MODEL_DIR="$1"
+        require_model_dir "$MODEL_DIR" "$2"
+    fi
+}
+
 # Few-shot and cross-dataset source training share one shape: all classes, SHOTS shots, skip when finished.
 train_all_classes() {  # PROTOCOL DATASET SEED [KEY VALUE ...]
     local protocol="$1"

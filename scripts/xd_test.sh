@@ -29,13 +29,8 @@ method_settings
 
 DIR="$(evaluation_dir "$DATASET" "$SEED")"
 check_only "$DIR" --test-log
-if [ -n "${MODEL_DIR:-}" ]; then
-    MODEL_DIR="$(from_caller "$MODEL_DIR")"
-    require_model_dir "$MODEL_DIR" "MODEL_DIR must hold the trained prompt checkpoint folder(s)"
-else
-    MODEL_DIR="$(all_class_dir "$SOURCE" "$SEED")"
-    require_model_dir "$MODEL_DIR" "run scripts/xd_train.sh $SOURCE $SEED first, with the same TRAINER/CFG/SHOTS"
-fi
+resolve_model_dir "$(all_class_dir "$SOURCE" "$SEED")" \
+    "run scripts/xd_train.sh $SOURCE $SEED first, with the same TRAINER/CFG/SHOTS"
 resolve_loadep
 
 base_cmd "$DATASET" "$SEED" "$DIR"
