@@ -10,12 +10,8 @@ then prints 'novel accuracy: X%' (or 'base accuracy'). Use the settings of the t
 MODEL_DIR=PATH evaluates weights from elsewhere instead (scripts/reproduce.sh uses it)."
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-expect_args 2 -1 "$@"
-DATASET="$1"
-SEED="$2"
+take_dataset_seed "$@"
 shift 2
-check_dataset "$DATASET"
-check_uint SEED "$SEED"
 load_settings
 resolve_cfg base2new "$DATASET"
 collect_opts "$@"

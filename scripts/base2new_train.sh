@@ -10,12 +10,8 @@ then prints 'base accuracy: X%'. A folder without a result is resumed; a finishe
 Then run scripts/base2new_test.sh with the same arguments for the novel accuracy."
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-expect_args 2 -1 "$@"
-DATASET="$1"
-SEED="$2"
+take_dataset_seed "$@"
 shift 2
-check_dataset "$DATASET"
-check_uint SEED "$SEED"
 load_settings
 resolve_cfg base2new "$DATASET"
 collect_opts "$@"

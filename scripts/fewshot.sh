@@ -10,5 +10,4 @@ Trains TRAINER (PromptSRC's few-shot config by default for PromptSRC) on all cla
 then prints 'DATASET accuracy: X%'. Officially: SHOTS in 1 2 4 8 16, seeds 1 2 3."
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-expect_args 2 -1 "$@"
 train_all_classes fewshot "$@"

@@ -81,6 +81,15 @@ expect_args() {
     fi
 }
 
+# The leading DATASET SEED of a protocol script's arguments, checked; the caller then does `shift 2`.
+take_dataset_seed() {  # DATASET SEED [KEY VALUE ...]
+    expect_args 2 -1 "$@"
+    DATASET="$1"
+    SEED="$2"
+    check_dataset "$DATASET"
+    check_uint SEED "$SEED"
+}
+
 check_dataset() {
     [ -f "configs/datasets/$1.yaml" ] || die_usage "unknown dataset '$1' (no configs/datasets/$1.yaml)"
 }
@@ -281,11 +290,9 @@ resolve_model_dir() {  # TRAINING_DIR HINT_WHEN_MISSING
 # Few-shot and cross-dataset source training share one shape: all classes, SHOTS shots, skip when finished.
 train_all_classes() {  # PROTOCOL DATASET SEED [KEY VALUE ...]
     local protocol="$1"
-    DATASET="$2"
-    SEED="$3"
-    shift 3
-    check_dataset "$DATASET"
-    check_uint SEED "$SEED"
+    shift
+    take_dataset_seed "$@"
+    shift 2
     load_settings
     resolve_cfg "$protocol" "$DATASET"
     collect_opts "$@"

@@ -12,12 +12,8 @@ then prints 'DATASET accuracy: X%'. Use the settings of the training run (CoOp: 
 MODEL_DIR=PATH evaluates weights from elsewhere instead (scripts/reproduce.sh uses it)."
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-expect_args 2 -1 "$@"
-DATASET="$1"
-SEED="$2"
+take_dataset_seed "$@"
 shift 2
-check_dataset "$DATASET"
-check_uint SEED "$SEED"
 if [ -z "${SOURCE:-}" ]; then
     if [ "$DATASET" = demo ]; then SOURCE=demo; else SOURCE=imagenet; fi
 fi

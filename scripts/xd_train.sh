@@ -10,5 +10,4 @@ Trains TRAINER on all classes of DATASET (the source, officially imagenet) into
 then prints 'DATASET accuracy: X%'. Evaluate on targets with scripts/xd_test.sh."
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-expect_args 2 -1 "$@"
 train_all_classes xd "$@"
