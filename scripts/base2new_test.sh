@@ -7,7 +7,8 @@ Evaluates epoch \$LOADEP of \$OUTPUT_ROOT/base2new/train_base/DATASET/shots_\$SH
 on the classes SUB (default new; 'base' re-tests the base classes) into
   \$OUTPUT_ROOT/base2new/test_\$SUB/DATASET/shots_\$SHOTS/\$TRAINER/\$CFG/seedSEED
 then prints 'novel accuracy: X%' (or 'base accuracy'). Use the settings of the training run.
-MODEL_DIR=PATH evaluates weights from elsewhere instead (scripts/reproduce.sh uses it)."
+MODEL_DIR=PATH evaluates weights from elsewhere instead (scripts/reproduce.sh uses it).
+TRAINER=ZeroshotCLIP loads no model: it evaluates zero-shot CLIP on the SUB classes (as scripts/zeroshot.sh)."
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 take_dataset_seed "$@"
@@ -21,6 +22,11 @@ case "$SUB" in
     base) LABEL=base ;;
     *) die_usage "SUB must be 'new' or 'base', got '$SUB'" ;;
 esac
+if [ "$TRAINER" = ZeroshotCLIP ]; then
+    # No trained model to load: zero-shot CLIP is evaluated as it is.
+    zeroshot_eval "$SUB" "$DATASET" "$SEED"
+    exit 0
+fi
 
 DIR="$(base2new_dir "test_$SUB" "$DATASET" "$SEED")"
 check_only "$DIR" --test-log

@@ -11,7 +11,8 @@ cd "$REPO_ROOT"
 PYTHON="${PYTHON:-python3}"
 
 COMMON_ENV_HELP="Environment:
-  TRAINER      trainer (default MaPLe); one of the folders of configs/trainers/
+  TRAINER      trainer (default MaPLe); one of the folders of configs/trainers/, or ZeroshotCLIP
+               (CoOp's configs; nothing to train: zeroshot.sh and the base2new scripts evaluate it)
   CFG          config name in configs/trainers/\$TRAINER/ (default: the protocol's official config,
                or 'demo' for the demo dataset)
   DATA         dataset root (default ./data in the repository)
@@ -270,6 +271,31 @@ run_job() {  # LABEL KIND DIR
             || die "train.py ended without a final result in $dir (see its log.txt)"
     fi
     echo "$label accuracy: ${value}%"
+}
+
+# Zero-shot CLIP, evaluation only (nothing is trained): SUB=all on all classes into ZeroshotCLIP/CFG/DATASET
+# (no seed, as officially), SUB=base|new on one base-to-novel half into test_SUB/, where the tables read the
+# base results of evaluated-only experiments. zeroshot.sh runs it, and so do base2new_train.sh (SUB=base)
+# and base2new_test.sh for TRAINER=ZeroshotCLIP.
+zeroshot_eval() {  # SUB DATASET [SEED]; after load_settings, resolve_cfg and collect_opts
+    local sub="$1" dataset="$2" seed="${3:-}" label extra=()
+    case "$sub" in
+        all)
+            DIR="$OUT/ZeroshotCLIP/$CFG/$dataset"
+            label=zero-shot
+            ;;
+        base|new)
+            seed="${seed:-1}"
+            DIR="$(base2new_dir "test_$sub" "$dataset" "$seed")"
+            if [ "$sub" = base ]; then label=base; else label=novel; fi
+            extra=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES "$sub")
+            ;;
+        *) die_usage "SUB must be 'all', 'base' or 'new', got '$sub'" ;;
+    esac
+    check_only "$DIR" --test-log
+    base_cmd "$dataset" "$seed" "$DIR"
+    CMD+=(--eval-only ${extra[@]+"${extra[@]}"} ${OPTS[@]+"${OPTS[@]}"})
+    run_job "$label" test "$DIR"
 }
 
 require_model_dir() {  # DIR HINT

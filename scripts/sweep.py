@@ -3,7 +3,9 @@
 Start it through ``bash scripts/sweep.sh`` (which resolves relative paths and runs this module from the
 repository root). Settings come from the environment:
 
-  TRAINERS  trainers, comma or space separated; TRAINER:CFG picks a config (default MaPLe)
+  TRAINERS  trainers, comma or space separated; TRAINER:CFG picks a config (default MaPLe).
+            ZeroshotCLIP trains nothing: its base2new steps evaluate it on the base / novel classes
+            (scripts/zeroshot.sh SUB=base|new), and it is the first method of the table
   DATASETS  datasets (default: the 11 base-to-novel benchmarks)
   SEEDS     seeds (default 1,2,3)
   STEPS     base2new (= base2new_train,base2new_test), xd (= xd_train,xd_test), base2new_train,
@@ -83,9 +85,11 @@ class Job:
         env["TRAINER"] = self.trainer
         if self.config:
             env["CFG"] = self.config
-        if self.step == "zeroshot" and not self.config:
-            # A CFG / SUB meant for the trained methods names no CoOp config of zero-shot CLIP: its defaults.
+        if self.trainer == "ZeroshotCLIP" and not self.config:
+            # A CFG meant for the trained methods names no CoOp config of zero-shot CLIP: its default.
             env.pop("CFG", None)
+        if self.step == "zeroshot":
+            # A SUB meant for base2new_test would make the all-class zero-shot run one half.
             env.pop("SUB", None)
         if slot is not None:
             # An empty CUDA_VISIBLE_DEVICES hides every GPU, so a 'cpu' slot runs on the CPU.

@@ -22,6 +22,10 @@ PAPER_ORDER = (
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
 )
 
+# The methods in the order of the MaPLe paper's Table 1: zero-shot CLIP first, then CoOp and CoCoOp; the
+# other trainers follow alphabetically.
+METHOD_ORDER = ("ZeroshotCLIP", "CoOp", "CoCoOp")
+
 # 11-dataset averages (base, novel, HM) published in the MaPLe and PromptSRC READMEs (PROTOCOL.md §7),
 # keyed by the (trainer, config) that produces them with these scripts.
 PUBLISHED = {
@@ -82,8 +86,17 @@ def scan_split(split_dir: str, keyword: str, test_log: bool) -> dict[tuple[str, 
     return stats
 
 
+def paper_order_key(order: tuple[str, ...], name: str) -> tuple[int, str]:
+    """Sort key: the names of ``order`` in that order, then every other name alphabetically."""
+    return (order.index(name), "") if name in order else (len(order), name)
+
+
 def dataset_sort_key(name: str) -> tuple[int, str]:
-    return (PAPER_ORDER.index(name), "") if name in PAPER_ORDER else (len(PAPER_ORDER), name)
+    return paper_order_key(PAPER_ORDER, name)
+
+
+def method_sort_key(method: Method) -> tuple[int, str, str, str]:
+    return (*paper_order_key(METHOD_ORDER, method.trainer), method.config, method.shots)
 
 
 class Base2NewTable:
@@ -94,7 +107,7 @@ class Base2NewTable:
         self.novel = novel
         keys = set(base) | set(novel)
         self.datasets = sorted({dataset for dataset, _ in keys}, key=dataset_sort_key)
-        self.methods = sorted({method for _, method in keys}, key=lambda m: (m.trainer, m.config, m.shots))
+        self.methods = sorted({method for _, method in keys}, key=method_sort_key)
 
     @classmethod
     def from_tree(cls, root: str, keyword: str = "accuracy") -> "Base2NewTable":
@@ -208,6 +221,18 @@ def write_csv(table: Base2NewTable, path: str) -> None:
     _write_atomic(path, handle.getvalue().encode("utf-8"))
 
 
+def plot_series(table: Base2NewTable) -> list[tuple[Method, list[tuple[float, float]], Average]]:
+    """What the plot draws, in drawing and legend order (the table's, zero-shot CLIP first): for each method with
+    a complete dataset, its (base, novel) points per dataset and its average."""
+    series = []
+    for method in table.methods:
+        points = [(table.base[(d, method)].mean, table.novel[(d, method)].mean) for d in table.datasets
+                  if (d, method) in table.base and (d, method) in table.novel]
+        if points:
+            series.append((method, points, table.average(method)))
+    return series
+
+
 def write_plot(table: Base2NewTable, path: str) -> None:
     """Base (x) against novel (y) accuracy: one colour per method, small dots per dataset, a large marker for the average."""
     try:
@@ -221,13 +246,8 @@ def write_plot(table: Base2NewTable, path: str) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6, 5))
-    for method in table.methods:
-        points = [(table.base[(d, method)].mean, table.novel[(d, method)].mean) for d in table.datasets
-                  if (d, method) in table.base and (d, method) in table.novel]
-        if not points:
-            continue
+    for method, points, avg in plot_series(table):
         line = axes.scatter([p[0] for p in points], [p[1] for p in points], s=14, alpha=0.5)
-        avg = table.average(method)
         axes.scatter([avg.base], [avg.novel], s=90, marker="D", color=line.get_facecolor()[0],
                      label=f"{table.label(method)} (HM {avg.hm:.2f})")
     axes.set_xlabel("base accuracy (%)")

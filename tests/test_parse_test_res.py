@@ -7,7 +7,7 @@ import pytest
 
 import parse_test_res
 from scripts.logs import newest_result, read_log
-from scripts.tables import Base2NewTable, harmonic_mean, write_plot
+from scripts.tables import Base2NewTable, harmonic_mean, plot_series, write_plot
 from scripts_testutils import eval_log, training_log, write
 
 
@@ -108,17 +108,19 @@ def test_base2new_protocol_table(tmp_path, capsys):
     markdown = open(os.path.join(out_dir, "base2new.md"), encoding="utf-8").read()
     assert markdown in capsys.readouterr().out
     lines = markdown.splitlines()
-    assert lines[0] == ("| Dataset | CoOp Base | CoOp Novel | CoOp HM | MaPLe Base | MaPLe Novel | MaPLe HM "
-                        "| ZeroshotCLIP Base | ZeroshotCLIP Novel | ZeroshotCLIP HM |")
+    # Zero-shot CLIP first, as in the MaPLe paper's Table 1, then CoOp; the rest follow.
+    assert lines[0] == ("| Dataset | ZeroshotCLIP Base | ZeroshotCLIP Novel | ZeroshotCLIP HM | CoOp Base | CoOp Novel "
+                        "| CoOp HM | MaPLe Base | MaPLe Novel | MaPLe HM |")
     # Paper order: caltech101 before dtd. HM(98, 90) = 93.83; HM(97, 95) = 95.99; HM(80, 42) = 55.08.
-    assert lines[2] == "| caltech101 | 98.00 | 90.00 | 93.83 | 97.00 | 95.00 | 95.99 | - | - | - |"
-    assert lines[3] == "| dtd | 80.00 | 42.00 | 55.08 | 81.00 | 59.00 | 68.27 | 53.00 | 60.00 | 56.28 |"
+    assert lines[2] == "| caltech101 | - | - | - | 98.00 | 90.00 | 93.83 | 97.00 | 95.00 | 95.99 |"
+    assert lines[3] == "| dtd | 53.00 | 60.00 | 56.28 | 80.00 | 42.00 | 55.08 | 81.00 | 59.00 | 68.27 |"
     # The average row uses the averaged B and N: CoOp B = 89, N = 66 -> HM 75.79 (not the mean of the HMs, 74.46).
-    assert lines[4] == "| **Average** | 89.00 | 66.00 | 75.79 | 89.00 | 77.00 | 82.57 | 53.00 | 60.00 | 56.28 |"
+    assert lines[4] == "| **Average** | 53.00 | 60.00 | 56.28 | 89.00 | 66.00 | 75.79 | 89.00 | 77.00 | 82.57 |"
     assert abs(harmonic_mean(89.0, 66.0) - 75.7935) < 1e-3
 
     with open(os.path.join(out_dir, "base2new.csv"), newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    assert [r["trainer"] for r in rows][:2] == ["ZeroshotCLIP", "ZeroshotCLIP"]  # its dtd row and its average
     dtd_coop = next(r for r in rows if r["dataset"] == "dtd" and r["trainer"] == "CoOp")
     assert (dtd_coop["base"], dtd_coop["base_std"], dtd_coop["novel"], dtd_coop["novel_std"]) == \
         ("80.0000", "1.0000", "42.0000", "2.0000")
@@ -126,6 +128,19 @@ def test_base2new_protocol_table(tmp_path, capsys):
     assert {r["trainer"] for r in rows if r["dataset"] == "average"} == {"CoOp", "MaPLe", "ZeroshotCLIP"}
     with open(os.path.join(out_dir, "base2new.png"), "rb") as handle:
         assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_methods_in_the_maple_paper_order_zero_shot_clip_first(tmp_path):
+    trainers = ("VPT", "MaPLe", "CoCoOp", "CoOp", "ZeroshotCLIP", "IVLP")
+    for trainer in trainers:
+        common = os.path.join("dtd", "shots_16", trainer, "cfg", "seed1", "log.txt")
+        write(os.path.join(str(tmp_path), "train_base", common), training_log(70.0))
+        write(os.path.join(str(tmp_path), "test_new", common), eval_log(60.0))
+    table = Base2NewTable.from_tree(str(tmp_path))
+    paper_order = ["ZeroshotCLIP", "CoOp", "CoCoOp", "IVLP", "MaPLe", "VPT"]
+    assert [method.trainer for method in table.methods] == paper_order
+    # The plot draws (and lists in its legend) the methods in the same order: zero-shot CLIP is the first point.
+    assert [method.trainer for method, _, _ in plot_series(table)] == paper_order
 
 
 def test_published_row_for_official_configs(tmp_path):

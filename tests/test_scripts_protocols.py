@@ -140,6 +140,33 @@ def test_fewshot_and_zeroshot_paths(fake, tmp_path):
         str(tmp_path), "out", "base2new", "test_base", "demo", "shots_16", "ZeroshotCLIP", "demo", "seed1")
 
 
+def test_zero_shot_clip_in_base2new_evaluates_base_then_novel(fake, tmp_path):
+    env = {**fake, "TRAINER": "ZeroshotCLIP"}
+    train = run("base2new_train.sh", "demo", "1", "OPTIM.MAX_EPOCH", "1", env=env, cwd=tmp_path)
+    assert train.returncode == 0, train.stderr
+    assert train.stdout.rstrip().endswith("base accuracy: 55.5%")
+    test = run("base2new_test.sh", "demo", "1", "OPTIM.MAX_EPOCH", "1", env=env, cwd=tmp_path)
+    assert test.returncode == 0, test.stderr
+    assert test.stdout.rstrip().endswith("novel accuracy: 55.5%")
+
+    # Nothing is trained or loaded: two evaluation-only runs, into the folders the table reads.
+    base_call, novel_call = recorded_calls(fake)
+    for call, split in [(base_call, "base"), (novel_call, "new")]:
+        assert option(call, "--output-dir") == os.path.join(
+            str(tmp_path), "out", "base2new", f"test_{split}", "demo", "shots_16", "ZeroshotCLIP", "demo", "seed1")
+        assert option(call, "--config-file") == "configs/trainers/CoOp/demo.yaml"
+        assert "--eval-only" in call and "--model-dir" not in call and "--load-epoch" not in call
+        assert call[-6:] == ["DATASET.NUM_SHOTS", "16", "DATASET.SUBSAMPLE_CLASSES", split, "OPTIM.MAX_EPOCH", "1"]
+    assert not (tmp_path / "out" / "base2new" / "train_base").exists()
+
+    # Finished halves are skipped, for the sweep's check too, and they are zeroshot.sh's SUB=base|new runs.
+    again = run("base2new_train.sh", "demo", "1", env=env, cwd=tmp_path)
+    assert "finished, skipping" in again.stdout and again.stdout.rstrip().endswith("base accuracy: 55.5%")
+    assert run("base2new_test.sh", "demo", "1", env={**env, "CHECK_FINISHED": "1"}, cwd=tmp_path).returncode == 0
+    assert "finished, skipping" in run("zeroshot.sh", "demo", "1", env={**fake, "SUB": "new"}, cwd=tmp_path).stdout
+    assert len(recorded_calls(fake)) == 2
+
+
 def test_reproduce_reads_the_released_layout(fake, tmp_path):
     os.makedirs(tmp_path / "weights" / "base" / "seed1" / "MultiModalPromptLearner")
     result = run("reproduce.sh", "demo", "1", "weights", env=fake, cwd=tmp_path)

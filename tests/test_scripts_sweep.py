@@ -3,22 +3,25 @@ import csv
 import glob
 import os
 import subprocess
+import sys
 
 from scripts.logs import newest_result
 from scripts.tables import harmonic_mean
+from scripts_testutils import fake_python, recorded_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSED_THROUGH = ("TRAINER", "CFG", "LOADEP", "SUB", "SOURCE", "FORCE", "CHECK_FINISHED", "MODEL_DIR",
                   "RESULTS_DIR", "SWEEP_LOGS", "DRY_RUN")
 
 
-def sweep(tmp_path, trainers):
+def sweep(tmp_path, trainers, **settings):
     env = {k: v for k, v in os.environ.items() if k not in PASSED_THROUGH}
     env.update({
         "TRAINERS": trainers, "DATASETS": "demo", "SEEDS": "1,2", "STEPS": "base2new", "GPUS": "cpu,cpu",
         "DATA": "data", "OUTPUT_ROOT": "out",  # relative to the caller's directory, not the repository
         # Keep each demo run to seconds; the test step must then load epoch 1 and use the 4-shot folders.
         "EXTRA_OPTS": "OPTIM.MAX_EPOCH 1", "SHOTS": "4",
+        **settings,
     })
     return subprocess.run(["bash", os.path.join(ROOT, "scripts", "sweep.sh")], cwd=tmp_path, env=env,
                           capture_output=True, text=True)
@@ -62,11 +65,43 @@ def test_base2new_sweep_failure_isolation_table_and_rerun(tmp_path):
     assert sorted(glob.glob(os.path.join(out, "base2new", "**", "log.txt*"), recursive=True)) == logs_before
 
 
+def test_zero_shot_clip_is_swept_through_base2new_into_the_first_row(tmp_path):
+    # The stand-in train.py keeps this to seconds; tests/test_scripts_zeroshot_base2new.py runs the real one.
+    fake = fake_python(tmp_path / "bin", sys.executable)
+    first = sweep(tmp_path, "ZeroshotCLIP,CoOp", SEEDS="1", GPUS="cpu", **fake)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "4 jobs: 4 run and finished, 0 already finished (skipped), 0 failed, 0 blocked" in first.stdout
+    zero_shot_calls = [call for call in recorded_calls(fake) if "ZeroshotCLIP" in call]
+    assert len(zero_shot_calls) == 2 and all("--eval-only" in call for call in zero_shot_calls)
+
+    out = os.path.join(str(tmp_path), "out")
+    with open(os.path.join(out, "results", "base2new.csv"), newline="", encoding="utf-8") as handle:
+        first_row = next(csv.DictReader(handle))
+    # Both halves evaluated (the stand-in's evaluation result is 55.5%), zero-shot CLIP before CoOp.
+    assert (first_row["dataset"], first_row["trainer"], first_row["base"], first_row["novel"]) == \
+        ("demo", "ZeroshotCLIP", "55.5000", "55.5000")
+    header = open(os.path.join(out, "results", "base2new.md"), encoding="utf-8").readline()
+    assert header.startswith("| Dataset | ZeroshotCLIP Base | ZeroshotCLIP Novel | ZeroshotCLIP HM | CoOp Base")
+
+    # A re-run finds every job finished (DRY_RUN=1 stops after that check, which a real re-run makes too).
+    second = sweep(tmp_path, "ZeroshotCLIP,CoOp", SEEDS="1", GPUS="cpu", DRY_RUN="1", **fake)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "Sweep: 4 jobs, 4 already finished, 0 to run" in second.stdout
+    for step in ("base2new_train", "base2new_test"):
+        assert f"finished {step} ZeroshotCLIP demo seed1" in second.stdout
+    assert len(recorded_calls(fake)) == 4
+
+
 def test_zero_shot_jobs_ignore_a_cfg_and_sub_meant_for_the_trained_methods():
     from scripts.sweep import Job
 
     base = {"CFG": "vit_b16_c2_ep5_batch4_2ctx", "SUB": "new", "DATA": "data"}
     zero_shot = Job("zeroshot", "ZeroshotCLIP", None, "demo", "1").environment(base, "cpu")
     assert "CFG" not in zero_shot and "SUB" not in zero_shot and zero_shot["DATA"] == "data"
+    # In the base-to-novel steps zero-shot CLIP keeps its own config but evaluates the SUB half it is given.
+    novel = Job("base2new_test", "ZeroshotCLIP", None, "demo", "1").environment(base, "cpu")
+    assert "CFG" not in novel and novel["SUB"] == "new"
+    chosen = Job("base2new_train", "ZeroshotCLIP", "vit_b16_ep50", "demo", "1").environment(base, "cpu")
+    assert chosen["CFG"] == "vit_b16_ep50"
     trained = Job("base2new_train", "MaPLe", None, "demo", "1").environment(base, "cpu")
     assert trained["CFG"] == "vit_b16_c2_ep5_batch4_2ctx" and trained["CUDA_VISIBLE_DEVICES"] == ""

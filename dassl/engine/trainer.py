@@ -110,8 +110,12 @@ class TrainerBase:
     def resume_model_if_exist(self, directory: str) -> int:
         """Resume every registered model from the newest usable checkpoint in `<directory>/<name>/` (damaged
         files are reported and skipped); returns the number of finished epochs (0 when training from scratch,
-        e.g. when a run was killed before its first checkpoint was complete)."""
+        e.g. when a run was killed before its first checkpoint was complete, or when no model is registered)."""
         folders = OrderedDict((name, osp.join(directory, name)) for name in self.get_model_names())
+        if not folders:
+            # nothing to resume; the steps below need at least one model (Dassl fails here on an unbound variable)
+            print("No model registered, nothing to resume")
+            return 0
         if is_main_process():  # the one writer cleans up, so ranks never race to delete the same file
             for folder in folders.values():
                 remove_stale_temp_files(folder)  # left by a run killed mid-write
@@ -307,6 +311,12 @@ class SimpleTrainer(TrainerBase):
         )
 
     def train(self) -> None:
+        if not self.get_model_names():
+            # no epoch could update or checkpoint anything: say so before the loop fails in forward_backward
+            raise RuntimeError(
+                f"{type(self).__name__} registers no model (register_model in build_model), so there is nothing to "
+                "train; evaluate it with --eval-only"
+            )
         super().train(self.start_epoch, self.max_epoch)
 
     def before_train(self) -> None:
