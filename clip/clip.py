@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+from .bundled_models import BUNDLED_MODELS, verified_bundled_path
 from .download import OPENAI_MODELS, download
 from .model import CLIP, METADATA_KEYS, build_model, infer_config
 from .random_models import RANDOM_MODELS, random_state_dict
@@ -27,8 +28,9 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def available_models() -> list[str]:
-    """Names of OpenAI's pretrained models (random test architectures are listed by clip.random_models)."""
-    return list(_MODELS)
+    """Names of the pretrained models: OpenAI's, then the ones shipped with this package (random test
+    architectures are listed by clip.random_models)."""
+    return list(_MODELS) + list(BUNDLED_MODELS)
 
 
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
@@ -54,7 +56,8 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
     """CLIP weights as an OpenAI-format state dict.
 
     `path` non-empty: read that local file (this is MODEL.BACKBONE.PATH). Otherwise `name` is an OpenAI
-    model (downloaded, cached, SHA-256 verified) or a random architecture ("RandomInit-...")."""
+    model (downloaded, cached, SHA-256 verified), a model shipped with this package (SHA-256 verified, never
+    downloaded) or a random architecture ("RandomInit-...")."""
     if path:
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
@@ -63,6 +66,9 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
         source = path
     elif name in _MODELS:
         source = _download(_MODELS[name], download_root)
+        state_dict = _read_checkpoint(source)
+    elif name in BUNDLED_MODELS:
+        source = verified_bundled_path(name)
         state_dict = _read_checkpoint(source)
     elif name in RANDOM_MODELS:
         return random_state_dict(name)
@@ -96,7 +102,7 @@ def load(name: str, device: str | torch.device = "cpu", jit: bool = False,
     model is cast to fp32. Only the eager model exists here, so jit=True is refused."""
     if jit:
         raise ValueError("jit=True is not supported: this package builds an eager CLIP model (use jit=False)")
-    is_file = name not in _MODELS and name not in RANDOM_MODELS and os.path.isfile(os.path.expanduser(name))
+    is_file = name not in available_models() and name not in RANDOM_MODELS and os.path.isfile(os.path.expanduser(name))
     state_dict = load_state_dict(name, path=name if is_file else "", download_root=download_root)
     model = build_model(state_dict, source=name).to(device)
     if torch.device(device).type == "cpu":

@@ -2,8 +2,9 @@
 
 Same on-disk style as the real benchmarks: `images/<class_folder>/<split>_<index>.png` plus the split file
 `split_demo.json` in the official format, then the usual pipeline (few-shot cache, base/new subsampling).
-12 classes of drawn shapes and patterns (see shapes.py), 32x32 RGB PNGs, 20 train / 8 val / 20 test per
-class. `manifest.json` (written last, atomically) holds the SHA-256 of every generated file; generation is
+20 classes, the objects of the demo world (world.py) that the demo backbone `DemoCLIP-ViT-Tiny` was
+pre-trained on, drawn in a shifted style it never saw (`world.shift_style`: recoloured, faded, cluttered with
+strokes, grainy), 32x32 RGB PNGs, 32 train / 8 val / 50 test per class. `manifest.json` (written last, atomically) holds the SHA-256 of every generated file; generation is
 skipped while it matches, and the whole set is rewritten when it is missing or any file differs.
 """
 import hashlib
@@ -18,19 +19,25 @@ from PIL import Image
 
 from .atomic import write_bytes_atomic, write_json_atomic
 from .benchmark import BenchmarkDataset
-from .shapes import SHAPES, draw
+from . import world
 
 IMAGE_SIZE = 32
-SPLIT_SIZES = {"train": 20, "val": 8, "test": 20}
+SPLIT_SIZES = {"train": 32, "val": 8, "test": 50}
 SPLIT_FILE = "split_demo.json"
 MANIFEST = "manifest.json"
 # Bump when the drawing changes, so existing copies are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SEED = 20230101
 
 
 def folder_name(classname: str) -> str:
     return classname.replace(" ", "_")
+
+
+def draw(classname: str, rng: np.random.Generator) -> np.ndarray:
+    """One demo picture of `classname`: a random scene of that object, in the demo's shifted style."""
+    image = world.render_float(world.random_scene(rng, classname), IMAGE_SIZE, rng)
+    return world.to_uint8(world.shift_style(image, rng))
 
 
 def _png_bytes(array: np.ndarray) -> bytes:
@@ -47,13 +54,13 @@ def generate(dataset_dir: str) -> None:
     """Write every image, the split file and finally the manifest into `dataset_dir`."""
     hashes: Dict[str, str] = {}
     split = {name: [] for name in SPLIT_SIZES}
-    for label, classname in enumerate(SHAPES):
+    for label, classname in enumerate(world.OBJECTS):
         for split_index, (split_name, count) in enumerate(SPLIT_SIZES.items()):
             for i in range(count):
                 # One generator per image, keyed by its identity: images do not depend on generation order.
                 rng = np.random.default_rng([SEED, label, split_index, i])
                 relpath = f"{folder_name(classname)}/{split_name}_{i:03d}.png"
-                data = _png_bytes(draw(classname, IMAGE_SIZE, rng))
+                data = _png_bytes(draw(classname, rng))
                 # Not fsynced one by one: the manifest, written durably last, catches any image lost in a crash.
                 write_bytes_atomic(os.path.join(dataset_dir, "images", relpath), data, durable=False)
                 hashes[f"images/{relpath}"] = _sha256(data)

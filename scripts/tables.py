@@ -175,7 +175,27 @@ def to_markdown(table: Base2NewTable) -> str:
     lines.append("")
     lines.append("Cells are means over seeds (population std and seed counts in the CSV). HM = 2·B·N/(B+N); the "
                  "average row averages B and N over the datasets with both results, then takes their HM.")
+    lines += _methods_as_rows(table)
     return "\n".join(lines) + "\n"
+
+
+def _stat_cell(stat: Optional[Stat]) -> str:
+    return "-" if stat is None else f"{stat.mean:.2f} ± {stat.std:.2f}"
+
+
+def _methods_as_rows(table: Base2NewTable) -> list[str]:
+    """The MaPLe paper's Table 1 layout: one block per dataset, one row per method (zero-shot CLIP first), with
+    mean ± population std over seeds."""
+    lines = []
+    for dataset in table.datasets:
+        lines += ["", f"**{dataset}** (mean ± std over seeds)", "", "| Method | Base | Novel | HM |", "|---|---|---|---|"]
+        for method in table.methods:
+            base, novel = table.base.get((dataset, method)), table.novel.get((dataset, method))
+            if base is None and novel is None:
+                continue
+            lines.append(f"| {table.label(method)} | {_stat_cell(base)} | {_stat_cell(novel)} | "
+                         f"{_fmt(table.hm(dataset, method))} |")
+    return lines
 
 
 CSV_FIELDS = ["dataset", "trainer", "config", "shots", "base", "base_std", "base_seeds",

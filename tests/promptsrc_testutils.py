@@ -17,8 +17,8 @@ from trainers.independentVL import VLPromptLearner
 from trainers.promptsrc import PromptSRCCLIP, gpa_weights
 from trainers_testutils import REPO, fp32_clip, method_cfg
 
-DEMO_CONFIG = "PromptSRC/demo.yaml"
-DEMO_EPOCHS = 3  # OPTIM.MAX_EPOCH of PromptSRC/demo.yaml
+DEMO_CONFIG = "PromptSRC/tiny.yaml"
+DEMO_EPOCHS = 3  # OPTIM.MAX_EPOCH of PromptSRC/tiny.yaml
 CLASSNAMES = ["cat", "golden_retriever", "aircraft carrier"]
 
 
@@ -41,8 +41,8 @@ def uninitialised_clip(name: str) -> CLIP:
 
 
 def run_script(script: str, data_root: str, output_root: str, *args: str, **env: str) -> str:
-    """Run scripts/<script> with TRAINER=PromptSRC on the demo config; returns its output (fails loudly)."""
-    environ = dict(os.environ, TRAINER="PromptSRC", DATA=data_root, OUTPUT_ROOT=output_root,
+    """Run scripts/<script> with TRAINER=PromptSRC on the tiny plumbing config; returns its output (fails loudly)."""
+    environ = dict(os.environ, TRAINER="PromptSRC", CFG="tiny", DATA=data_root, OUTPUT_ROOT=output_root,
                    PYTHON=sys.executable, **env)
     result = subprocess.run(["bash", os.path.join(REPO, "scripts", script), *args], cwd=REPO, env=environ,
                             capture_output=True, text=True, timeout=300)
@@ -62,6 +62,6 @@ def demo_base2new_run(tmp_path_factory) -> dict:
         data, out = str(root / "data"), str(root / "output")
         log = run_script("base2new_train.sh", data, out, "demo", "1")
         novel_log = run_script("base2new_test.sh", data, out, "demo", "1")
-        train_dir = os.path.join(out, "base2new", "train_base", "demo", "shots_16", "PromptSRC", "demo", "seed1")
+        train_dir = os.path.join(out, "base2new", "train_base", "demo", "shots_16", "PromptSRC", "tiny", "seed1")
         _RUN_CACHE.update(data=data, out=out, train_dir=train_dir, log=log, novel_log=novel_log)
     return _RUN_CACHE

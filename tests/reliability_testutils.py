@@ -18,7 +18,7 @@ def demo_cfg(data_root: str, output_dir: str, *opts: str, trainer: str = "CoOp",
     args = train.build_parser().parse_args([
         "--root", data_root, "--output-dir", output_dir, "--trainer", trainer, "--seed", "1",
         "--dataset-config-file", os.path.join(ROOT, "configs", "datasets", f"{dataset}.yaml"),
-        "--config-file", os.path.join(ROOT, "configs", "trainers", trainer, "demo.yaml"),
+        "--config-file", os.path.join(ROOT, "configs", "trainers", trainer, "tiny.yaml"),
         "DATASET.NUM_SHOTS", "2", *opts,
     ])
     return train.setup_cfg(args)

@@ -74,7 +74,7 @@ def test_api_on_novel_classes_matches_the_test_script(run):
 
 
 def test_zero_shot_api_equals_the_zero_shot_trainer(tmp_path):
-    trainer = demo_trainer("ZeroshotCLIP", "CoOp/demo.yaml", str(tmp_path / "data"), str(tmp_path / "out"))
+    trainer = demo_trainer("ZeroshotCLIP", "CoOp/tiny.yaml", str(tmp_path / "data"), str(tmp_path / "out"))
     expected, paths, _ = trainer_evaluation(trainer)
     model = api.zero_shot_clip(trainer.dm.dataset.classnames, config_file=os.path.join("configs", "trainers",
                                                                                       "CoOp", "demo.yaml"),
@@ -108,9 +108,9 @@ def test_bad_inputs_get_clear_errors(run, tmp_path):
 def test_class_specific_context_needs_its_class_count(tmp_path):
     # CoOp with class-specific context learns one context per class: another class list cannot fit it
     opts = ("TRAINER.COOP.CSC", "True")
-    trainer = demo_trainer("CoOp", "CoOp/demo.yaml", str(tmp_path / "data"), str(tmp_path / "run"), *opts)
+    trainer = demo_trainer("CoOp", "CoOp/tiny.yaml", str(tmp_path / "data"), str(tmp_path / "run"), *opts)
     trainer.train()
-    configs = dict(config_file=os.path.join("configs", "trainers", "CoOp", "demo.yaml"),
+    configs = dict(config_file=os.path.join("configs", "trainers", "CoOp", "tiny.yaml"),
                    dataset_config_file=os.path.join("configs", "datasets", "demo.yaml"), opts=list(opts))
     with pytest.raises(ValueError, match="unknown trainer ''"):
         api.load_prompted_clip(str(tmp_path / "run"), ["cat", "dog"], **configs)

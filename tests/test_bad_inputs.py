@@ -127,11 +127,11 @@ def test_non_ascii_class_names_and_odd_image_modes_train_and_evaluate(tmp_path):
 
 
 def test_num_shots_larger_than_a_class_warns_and_keeps_all(demo_root, tmp_path):
-    cfg = demo_cfg(str(demo_root / "data"), str(tmp_path / "out"), "DATASET.NUM_SHOTS", "25")
-    with pytest.warns(UserWarning, match=r"Demo train: 12 class\(es\) have fewer than 25 images and keep all they have: "
-                                         r"'circle' \(20\)"):
+    cfg = demo_cfg(str(demo_root / "data"), str(tmp_path / "out"), "DATASET.NUM_SHOTS", "40")
+    with pytest.warns(UserWarning, match=r"Demo train: 20 class\(es\) have fewer than 40 images and keep all they have: "
+                                         r"'circle' \(32\)"):
         dm = DataManager(cfg)
-    assert len(dm.dataset.train_x) == 12 * 20
+    assert len(dm.dataset.train_x) == 20 * 32
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -149,19 +149,19 @@ def test_checkpoint_of_another_trainer(demo_root, tmp_path, untouched):
 
 
 def test_checkpoint_of_another_class_count(demo_root, tmp_path, untouched):
-    # evaluation: class-specific contexts trained on 6 base classes do not fit 12 classes
+    # evaluation: class-specific contexts trained on 10 base classes do not fit 20 classes
     data = str(demo_root / "data")
     csc_out = tmp_path / "csc"
     build_trainer(demo_cfg(data, str(csc_out), "OPTIM.MAX_EPOCH", "1", "DATASET.SUBSAMPLE_CLASSES", "base",
                            "TRAINER.COOP.CSC", "True")).train()
     all_classes = build_trainer(demo_cfg(data, str(tmp_path / "out"), "TRAINER.COOP.CSC", "True"))
     with pytest.raises(ValueError, match=r'Checkpoint ".*csc/prompt_learner/model\.pth\.tar-1" does not fit the model: .*'
-                                         r"class count.*ctx: checkpoint \(6, 4, 64\) vs model \(12, 4, 64\)"):
+                                         r"class count.*ctx: checkpoint \(10, 4, 64\) vs model \(20, 4, 64\)"):
         all_classes.load_model(str(csc_out), epoch=1)
-    # resume: an output folder of a 6-class run re-used for a 12-class run
+    # resume: an output folder of a 10-class run re-used for a 20-class run
     shutil.copytree(demo_root / "trained", tmp_path / "reused")
     with pytest.raises(RuntimeError, match=r'Checkpoint ".*reused/prompt_learner/model\.pth\.tar-1" does not fit the model '
-                                           r"\(shape mismatches: \['token_prefix: checkpoint \(6, 1, 64\) vs model \(12, 1, 64\)"
+                                           r"\(shape mismatches: \['token_prefix: checkpoint \(10, 1, 64\) vs model \(20, 1, 64\)"
                                            r".*Use another output directory"):
         build_trainer(demo_cfg(data, str(tmp_path / "reused"), "OPTIM.MAX_EPOCH", "2")).train()
     assert tree_fingerprint(str(tmp_path / "reused")) == tree_fingerprint(str(demo_root / "trained"))
@@ -177,7 +177,7 @@ def test_nan_loss_stops_with_earlier_checkpoint_intact(demo_root, tmp_path):
         return logits * float("nan") if trainer.epoch == 1 else logits
 
     trainer.model.forward = diverges_in_epoch_2
-    with pytest.raises(FloatingPointError, match=r"Loss is infinite or NaN! at epoch \[2/3\] batch \[1/3\]; training "
+    with pytest.raises(FloatingPointError, match=r"Loss is infinite or NaN! at epoch \[2/3\] batch \[1/5\]; training "
                                                  r"stopped, earlier checkpoints are kept \(lower OPTIM\.LR"):
         trainer.train()
     path, checkpoint = load_resume_checkpoint(str(out / "prompt_learner"))

@@ -10,7 +10,7 @@ import pytest
 from benchmarks import bench_trainers
 from benchmarks.measure import REPO, Spec, build_cfg, load_classnames, measure, plain_opts
 
-DEMO_MAPLE = os.path.join(REPO, "configs/trainers/MaPLe/demo.yaml")
+DEMO_MAPLE = os.path.join(REPO, "configs/trainers/MaPLe/tiny.yaml")
 
 
 def test_smoke_run_prints_the_table_and_writes_the_json(tmp_path):

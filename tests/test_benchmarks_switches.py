@@ -12,7 +12,7 @@ from clip.model import Transformer, fused_attention
 from clip.random_models import random_state_dict
 
 TINY = "RandomInit-ViT-Tiny"
-DEMO_MAPLE = "configs/trainers/MaPLe/demo.yaml"
+DEMO_MAPLE = "configs/trainers/MaPLe/tiny.yaml"
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,8 @@ def test_offline_error_names_url_cache_path_and_local_option(tmp_path, monkeypat
 def test_model_names():
     names = clip.available_models()
     assert names == ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14",
-                     "ViT-L/14@336px"]
+                     "ViT-L/14@336px", "DemoCLIP-ViT-Tiny"]
+    names = list(clip.clip._MODELS)
     assert all(url.split("/")[-2] and len(url.split("/")[-2]) == 64 for url in clip.clip._MODELS.values())
     assert {RANDOM_PREFIX + n for n in names} | {TINY, "RandomInit-RN-Tiny"} == set(RANDOM_MODELS)
 

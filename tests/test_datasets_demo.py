@@ -8,7 +8,7 @@ import numpy as np
 import datasets  # noqa: F401  (registers every dataset)
 from dassl.data.datasets import DATASET_REGISTRY
 from datasets import demo
-from datasets.shapes import SHAPES, draw
+from datasets import world
 from tests.datasets_testutils import make_cfg
 
 
@@ -29,16 +29,16 @@ def test_generation_is_byte_identical_and_leaves_global_rngs_alone(tmp_path):
     demo.generate(str(tmp_path / "a"))
     demo.generate(str(tmp_path / "b"))
     first, second = all_files(tmp_path / "a"), all_files(tmp_path / "b")
-    assert first == second and len(first) == 12 * 48 + 2  # images + split file + manifest
+    assert first == second and len(first) == 20 * 90 + 2  # images + split file + manifest
     assert random.getstate() == py_state and (np.random.get_state()[1] == np_state).all()
 
 
 def test_split_file_is_in_the_official_format(tmp_path):
     demo.generate(str(tmp_path))
     split = json.loads((tmp_path / demo.SPLIT_FILE).read_text())
-    assert {k: len(v) for k, v in split.items()} == {"train": 240, "val": 96, "test": 240}
+    assert {k: len(v) for k, v in split.items()} == {"train": 640, "val": 160, "test": 1000}
     assert split["train"][0] == ["circle/train_000.png", 0, "circle"]
-    assert split["test"][-1] == ["diagonal_stripes/test_019.png", 11, "diagonal stripes"]
+    assert split["test"][-1] == ["frame/test_049.png", 19, "frame"]
 
 
 def test_intact_copy_is_kept_and_damaged_copy_regenerated(tmp_path):
@@ -58,21 +58,29 @@ def test_intact_copy_is_kept_and_damaged_copy_regenerated(tmp_path):
     assert not demo.is_intact(str(tmp_path))
 
 
-def test_classes_look_different():
-    # Mean absolute difference between the average images of two classes is far from zero.
-    means = {}
-    for label, name in enumerate(SHAPES):
-        images = [draw(name, demo.IMAGE_SIZE, np.random.default_rng([1, label, i])) for i in range(8)]
-        means[name] = np.mean([np.abs(np.diff(im.astype(float), axis=0)).mean() for im in images])
-    # Stripes along x have no vertical change at all; horizontal stripes have a lot.
-    assert means["vertical stripes"] < 0.5 * means["horizontal stripes"]
+def test_demo_pictures_are_world_scenes_redrawn_in_the_sketch_style():
+    # The demo draws a world scene of the class and redraws it in the shifted style, nothing else.
+    rng = np.random.default_rng(3)
+    expected = world.to_uint8(world.shift_style(world.render_float(world.random_scene(rng, "star"), 32, rng), rng))
+    assert np.array_equal(demo.draw("star", np.random.default_rng(3)), expected)
+
+
+def test_the_sketch_style_keeps_outlines_and_lightens_fills():
+    # A large plain black square on white: dark inside in the world, light inside (only a faint trace of the
+    # fill) and dark along its outline in the demo's style.
+    scene = world.Scene("square", "black", "white", "large", "solid", "in the center")
+    picture = world.render_float(scene, 32, np.random.default_rng(0))
+    sketch = world.shift_style(picture, np.random.default_rng(1))
+    assert picture[16, 16].mean() < 0.2 < 0.5 < sketch[16, 16].mean()
+    edge_column = int(np.argmax(np.abs(np.diff(picture[16, :, 0]))))
+    assert sketch[16, edge_column:edge_column + 2].mean() < 0.5 * sketch[16, 16].mean()
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
     random.seed(1)
     ds = DATASET_REGISTRY.get("Demo")(make_cfg(tmp_path, num_shots=16, seed=1, subsample="base"))
-    assert ds.classnames == list(SHAPES)[:6]
-    assert (len(ds.train_x), len(ds.val), len(ds.test)) == (96, 24, 120)
+    assert ds.classnames == list(world.OBJECTS)[:10]
+    assert (len(ds.train_x), len(ds.val), len(ds.test)) == (160, 40, 500)
     assert (tmp_path / "demo" / "split_fewshot" / "shot_16-seed_1.pkl").is_file()
     new = DATASET_REGISTRY.get("Demo")(make_cfg(tmp_path, num_shots=16, seed=1, subsample="new"))
-    assert new.classnames == list(SHAPES)[6:] and new.num_classes == 6
+    assert new.classnames == list(world.OBJECTS)[10:] and new.num_classes == 10

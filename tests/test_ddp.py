@@ -60,15 +60,15 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
     reports.mkdir()
     ensure_demo_data(os.path.join(data, "demo"))  # once here rather than three times over in the processes
     # deterministic transforms (augmentation draws differ per process by design); a large LR without warm-up so
-    # that the prompts move far more than the tolerance in the 6 steps (2 epochs x 3 batches of 4 images)
+    # that the prompts move far more than the tolerance in the 10 steps (2 epochs x 5 batches of 4 images)
     opts = ["INPUT.TRANSFORMS", "['normalize']", "OPTIM.LR", "0.05", "OPTIM.WARMUP_EPOCH", "-1", "OPTIM.MAX_EPOCH", "2",
             "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16"]
     single_out, ddp_out = str(tmp_path / "single"), str(tmp_path / "ddp")
     port = free_port()
     common = dict(report_dir=str(reports))
-    jobs = [("single", dict(argv=demo_args("MaPLe", "MaPLe/demo.yaml", data, single_out, *opts), tag="single", **common))]
+    jobs = [("single", dict(argv=demo_args("MaPLe", "MaPLe/tiny.yaml", data, single_out, *opts), tag="single", **common))]
     for rank in (0, 1):
-        jobs.append((f"rank{rank}", dict(argv=demo_args("MaPLe", "MaPLe/demo.yaml", data, ddp_out, *opts), tag=f"rank{rank}",
+        jobs.append((f"rank{rank}", dict(argv=demo_args("MaPLe", "MaPLe/tiny.yaml", data, ddp_out, *opts), tag=f"rank{rank}",
                                          rank=rank, world_size=2, port=port, output_dir=ddp_out, **common)))
     exitcodes = _run_all(jobs)
     assert exitcodes == {"single": 0, "rank0": 0, "rank1": 0}, {
@@ -82,14 +82,14 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
     assert moved > 1e-2
     for k in single["final"]:
         torch.testing.assert_close(rank0["initial"][k], single["initial"][k], rtol=0, atol=0)
-        torch.testing.assert_close(rank0["final"][k], single["final"][k], rtol=0, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+        torch.testing.assert_close(rank0["final"][k], single["final"][k], rtol=0, atol=1e-5, msg=lambda m, k=k: f"{k}: {m}")
         torch.testing.assert_close(rank1["final"][k], rank0["final"][k], rtol=0, atol=0)
 
     # the evaluation is gathered: rank 0 reports the full test set, with the single-process numbers
     single_log, ddp_log = _read(os.path.join(single_out, "log.txt")), _read(os.path.join(ddp_out, "log.txt"))
     assert _result_block(single_log) and _result_block(ddp_log) == _result_block(single_log)
     assert "Distributed run: 2 processes (launched by torchrun)" in ddp_log
-    assert re.search(r"epoch \[2/2\] batch \[3/3\]", ddp_log)
+    assert re.search(r"epoch \[2/2\] batch \[5/5\]", ddp_log)
 
     # only rank 0 writes: nothing recorded from rank 1, one log, one event file, the single run's file names
     assert json.loads(_read(reports / "writes-rank1.json")) == []

@@ -28,7 +28,7 @@ def _train(args, env):
         [sys.executable, os.path.join(ROOT, "train.py"),
          "--import", "official_style_backbone", "--import", "official_style_coop", "--trainer", "OfficialStyleCoOp",
          "--dataset-config-file", os.path.join(ROOT, "configs/datasets/demo.yaml"),
-         "--config-file", os.path.join(ROOT, "configs/trainers/CoOp/demo.yaml"), *args],
+         "--config-file", os.path.join(ROOT, "configs/trainers/CoOp/tiny.yaml"), *args],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
 
@@ -53,7 +53,7 @@ def test_official_style_coop_trains_on_base_and_evaluates_on_new(tmp_path):
     assert trained.returncode == 0, trained.stderr[-3000:]
     log = open(os.path.join(out, "log.txt")).read()
     for line in ("Loading trainer: OfficialStyleCoOp", f"Loading CLIP (backbone: {NAME})",
-                 "Initializing a generic context", 'Initial context: "X X X X"', "epoch [1/1] batch [1/1]",
+                 "Initializing a generic context", 'Initial context: "X X X X"', "epoch [1/1] batch [2/2]",
                  "SUBSAMPLE BASE CLASSES!", "prompt_learner/model.pth.tar-1", "Evaluate on the *test* set"):
         assert line in log, line
     assert len(_accuracies(log)) == 1

@@ -117,6 +117,11 @@ def test_base2new_protocol_table(tmp_path, capsys):
     # The average row uses the averaged B and N: CoOp B = 89, N = 66 -> HM 75.79 (not the mean of the HMs, 74.46).
     assert lines[4] == "| **Average** | 53.00 | 60.00 | 56.28 | 89.00 | 66.00 | 75.79 | 89.00 | 77.00 | 82.57 |"
     assert abs(harmonic_mean(89.0, 66.0) - 75.7935) < 1e-3
+    # Then the paper's Table 1 layout per dataset: methods as rows, zero-shot CLIP first, mean ± std over seeds.
+    dtd = lines[lines.index("**dtd** (mean ± std over seeds)"):]
+    assert dtd[2:6] == ["| Method | Base | Novel | HM |", "|---|---|---|---|",
+                        "| ZeroshotCLIP | 53.00 ± 0.00 | 60.00 ± 0.00 | 56.28 |",
+                        "| CoOp | 80.00 ± 1.00 | 42.00 ± 2.00 | 55.08 |"]
 
     with open(os.path.join(out_dir, "base2new.csv"), newline="", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))

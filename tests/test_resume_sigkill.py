@@ -20,10 +20,10 @@ def _command(data_root: str, output_dir: str):
         sys.executable, os.path.join(ROOT, "train.py"),
         "--root", data_root, "--output-dir", output_dir, "--seed", "1", "--trainer", "MaPLe",
         "--dataset-config-file", os.path.join(ROOT, "configs", "datasets", "demo.yaml"),
-        "--config-file", os.path.join(ROOT, "configs", "trainers", "MaPLe", "demo.yaml"),
+        "--config-file", os.path.join(ROOT, "configs", "trainers", "MaPLe", "tiny.yaml"),
         "DATASET.NUM_SHOTS", "8", "DATASET.SUBSAMPLE_CLASSES", "base",
         "OPTIM.MAX_EPOCH", str(MAX_EPOCH), "TRAIN.PRINT_FREQ", "1",
-        # one image per batch (48 per epoch, 120 to evaluate): the kills below land while many batches are
+        # one image per batch (80 per epoch, 500 to evaluate): the kills below land while many batches are
         # still to come, so the child cannot reach the next checkpoint / the end of the evaluation first
         # (if it did, the "Previous epoch" assertions of the next re-run would fail, not pass silently)
         "DATALOADER.TRAIN_X.BATCH_SIZE", "1", "DATALOADER.TEST.BATCH_SIZE", "1",
@@ -86,7 +86,7 @@ def test_sigkill_at_three_points_then_rerun_is_bit_identical(uninterrupted, tmp_
     assert open(os.path.join(folder, "checkpoint")).read() == "model.pth.tar-1\n"
 
     # 2. re-run: resumes after epoch 1 and is killed in the middle of epoch 3
-    code, stdout = _run(data_root, out, kill_when=f"epoch [{MAX_EPOCH}/{MAX_EPOCH}] batch [1/48]")
+    code, stdout = _run(data_root, out, kill_when=f"epoch [{MAX_EPOCH}/{MAX_EPOCH}] batch [1/80]")
     assert code == -signal.SIGKILL
     assert "Previous epoch: 1" in stdout and "epoch [1/" not in stdout
     assert not any(n.endswith(".tmp") for n in os.listdir(folder))  # the stale temp file was cleared

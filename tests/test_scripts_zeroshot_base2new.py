@@ -49,6 +49,6 @@ def test_a_trainer_without_registered_models_has_nothing_to_resume(tmp_path):
 
 
 def test_training_zero_shot_clip_is_refused_with_the_way_to_evaluate_it(data_root, tmp_path):
-    trainer = demo_trainer("ZeroshotCLIP", "CoOp/demo.yaml", data_root, str(tmp_path / "out"), *FAST)
+    trainer = demo_trainer("ZeroshotCLIP", "CoOp/tiny.yaml", data_root, str(tmp_path / "out"), *FAST)
     with pytest.raises(RuntimeError, match="ZeroshotCLIP registers no model.*--eval-only"):
         trainer.train()

@@ -27,7 +27,7 @@ def tiny():
 
 def maple(tiny, depth, **options):
     torch.manual_seed(0)
-    learner = MultiModalPromptLearner(method_cfg("MaPLe/demo.yaml", "TRAINER.MAPLE.PROMPT_DEPTH", str(depth)),
+    learner = MultiModalPromptLearner(method_cfg("MaPLe/tiny.yaml", "TRAINER.MAPLE.PROMPT_DEPTH", str(depth)),
                                       CLASSNAMES, tiny)
     return PromptedCLIP(tiny, learner, SpeedOptions(**options)).eval()
 
@@ -98,7 +98,7 @@ def test_eval_cache_and_truncation_and_chunks_equal_the_plain_path(tiny):
 @torch.no_grad()
 def test_cocoop_image_groups_equal_one_call(tiny):
     torch.manual_seed(0)
-    learner = CoCoOpLearner(method_cfg("CoCoOp/demo.yaml"), CLASSNAMES, tiny)
+    learner = CoCoOpLearner(method_cfg("CoCoOp/tiny.yaml"), CLASSNAMES, tiny)
     whole = CoCoOpCLIP(tiny, learner, SpeedOptions(text_chunk=0)).eval()
     grouped = CoCoOpCLIP(tiny, learner, SpeedOptions(text_chunk=4, text_truncation=False)).eval()
     image = torch.randn(3, 3, 32, 32)
@@ -156,11 +156,11 @@ def official_vpt_state(model):
 
 
 @pytest.mark.parametrize("name,config,make_state", [
-    ("MaPLe", "MaPLe/demo.yaml", official_maple_state),
-    ("IVLP", "IVLP/demo.yaml", official_ivlp_state),
-    ("CoOp", "CoOp/demo.yaml", official_coop_state),
-    ("CoCoOp", "CoCoOp/demo.yaml", official_cocoop_state),
-    ("VPT", "VPT/demo.yaml", official_vpt_state),
+    ("MaPLe", "MaPLe/tiny.yaml", official_maple_state),
+    ("IVLP", "IVLP/tiny.yaml", official_ivlp_state),
+    ("CoOp", "CoOp/tiny.yaml", official_coop_state),
+    ("CoCoOp", "CoCoOp/tiny.yaml", official_cocoop_state),
+    ("VPT", "VPT/tiny.yaml", official_vpt_state),
 ])
 def test_official_checkpoint_layout_loads(name, config, make_state, data_root, tmp_path):
     trainer = demo_trainer(name, config, data_root, str(tmp_path / "out"))
@@ -183,7 +183,7 @@ def test_official_checkpoint_layout_loads(name, config, make_state, data_root, t
 
 
 def test_checkpoint_of_another_configuration_is_refused(data_root, tmp_path):
-    trainer = demo_trainer("MaPLe", "MaPLe/demo.yaml", data_root, str(tmp_path / "out"))
+    trainer = demo_trainer("MaPLe", "MaPLe/tiny.yaml", data_root, str(tmp_path / "out"))
     state = {k: v for k, v in official_maple_state(trainer.model).items() if "compound" not in k}
     os.makedirs(tmp_path / "ckpt" / "MultiModalPromptLearner")
     torch.save({"state_dict": state, "epoch": 1}, tmp_path / "ckpt" / "MultiModalPromptLearner" / "model.pth.tar-1")
@@ -194,11 +194,11 @@ def test_checkpoint_of_another_configuration_is_refused(data_root, tmp_path):
 def test_base_to_novel_through_train_py(data_root, tmp_path):
     root, out = data_root, str(tmp_path / "base")
     run = dict(cwd=REPO, capture_output=True, text=True, timeout=300)
-    base = subprocess.run([sys.executable, "train.py", *demo_args("MaPLe", "MaPLe/demo.yaml", root, out)], **run)
+    base = subprocess.run([sys.executable, "train.py", *demo_args("MaPLe", "MaPLe/tiny.yaml", root, out)], **run)
     assert base.returncode == 0, base.stderr[-2000:]
     checkpoint = os.path.join(out, "MultiModalPromptLearner", "model.pth.tar-1")
     assert os.path.isfile(checkpoint)
-    new_args = demo_args("MaPLe", "MaPLe/demo.yaml", root, str(tmp_path / "new"),
+    new_args = demo_args("MaPLe", "MaPLe/tiny.yaml", root, str(tmp_path / "new"),
                          extra=["--eval-only", "--model-dir", out, "--load-epoch", "1"])
     new_args[new_args.index("base")] = "new"
     novel = subprocess.run([sys.executable, "train.py", *new_args], **run)

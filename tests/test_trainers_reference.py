@@ -89,11 +89,11 @@ def coop_prompts(p, depth):
 
 
 CASES = [
-    ("MaPLe", MultiModalPromptLearner, "MaPLe/demo.yaml", ("TRAINER.MAPLE.PROMPT_DEPTH", "2"), maple_prompts,
+    ("MaPLe", MultiModalPromptLearner, "MaPLe/tiny.yaml", ("TRAINER.MAPLE.PROMPT_DEPTH", "2"), maple_prompts,
      "a photo of a"),
-    ("IVLP", VLPromptLearner, "IVLP/demo.yaml", (), ivlp_prompts, "a photo of a"),
-    ("CoOp", CoOpLearner, "CoOp/demo.yaml", (), coop_prompts, "X X X X"),
-    ("CoOp-init", CoOpLearner, "CoOp/demo.yaml", ("TRAINER.COOP.CTX_INIT", "a photo of a"), coop_prompts,
+    ("IVLP", VLPromptLearner, "IVLP/tiny.yaml", (), ivlp_prompts, "a photo of a"),
+    ("CoOp", CoOpLearner, "CoOp/tiny.yaml", (), coop_prompts, "X X X X"),
+    ("CoOp-init", CoOpLearner, "CoOp/tiny.yaml", ("TRAINER.COOP.CTX_INIT", "a photo of a"), coop_prompts,
      "a photo of a"),
 ]
 
@@ -140,7 +140,7 @@ def test_coop_middle_and_front_positions_match_official_assembly(models):
     ours_clip, ref = models
     torch.manual_seed(0)
     for position in ("middle", "front"):
-        learner = CoOpLearner(method_cfg("CoOp/demo.yaml", "TRAINER.COOP.CLASS_TOKEN_POSITION", position),
+        learner = CoOpLearner(method_cfg("CoOp/tiny.yaml", "TRAINER.COOP.CLASS_TOKEN_POSITION", position),
                               CLASSNAMES, ours_clip)
         tokenized = reference_clip().tokenize([f"X X X X {c.replace('_', ' ')}." for c in CLASSNAMES])
         embedding = ref.token_embedding(tokenized)

@@ -18,14 +18,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "RandomInit-ViT-Tiny"
 # (trainer name, demo config, precision key)
 DEMO_TRAINERS = [
-    ("CoOp", "CoOp/demo.yaml", "TRAINER.COOP.PREC"),
-    ("CoCoOp", "CoCoOp/demo.yaml", "TRAINER.COCOOP.PREC"),
-    ("MaPLe", "MaPLe/demo.yaml", "TRAINER.MAPLE.PREC"),
-    ("IVLP", "IVLP/demo.yaml", "TRAINER.IVLP.PREC"),
-    ("IVLP", "IVLP/demo_language_only.yaml", "TRAINER.IVLP.PREC"),
-    ("VPT", "VPT/demo.yaml", "TRAINER.VPT.PREC"),
-    ("ZeroshotCLIP", "CoOp/demo.yaml", "TRAINER.COOP.PREC"),
-    ("ZeroshotCLIP2", "CoOp/demo.yaml", "TRAINER.COOP.PREC"),
+    ("CoOp", "CoOp/tiny.yaml", "TRAINER.COOP.PREC"),
+    ("CoCoOp", "CoCoOp/tiny.yaml", "TRAINER.COCOOP.PREC"),
+    ("MaPLe", "MaPLe/tiny.yaml", "TRAINER.MAPLE.PREC"),
+    ("IVLP", "IVLP/tiny.yaml", "TRAINER.IVLP.PREC"),
+    ("IVLP", "IVLP/tiny_language_only.yaml", "TRAINER.IVLP.PREC"),
+    ("VPT", "VPT/tiny.yaml", "TRAINER.VPT.PREC"),
+    ("ZeroshotCLIP", "CoOp/tiny.yaml", "TRAINER.COOP.PREC"),
+    ("ZeroshotCLIP2", "CoOp/tiny.yaml", "TRAINER.COOP.PREC"),
 ]
 
 
