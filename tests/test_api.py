@@ -77,7 +77,7 @@ def test_zero_shot_api_equals_the_zero_shot_trainer(tmp_path):
     trainer = demo_trainer("ZeroshotCLIP", "CoOp/tiny.yaml", str(tmp_path / "data"), str(tmp_path / "out"))
     expected, paths, _ = trainer_evaluation(trainer)
     model = api.zero_shot_clip(trainer.dm.dataset.classnames, config_file=os.path.join("configs", "trainers",
-                                                                                      "CoOp", "demo.yaml"),
+                                                                                      "CoOp", "tiny.yaml"),
                                dataset_config_file=os.path.join("configs", "datasets", "demo.yaml"))
     torch.testing.assert_close(model.logits(paths), expected, atol=1e-5, rtol=1e-5)
 
