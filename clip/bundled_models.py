@@ -23,7 +23,7 @@ class BundledModel:
 DEMO_MODEL = "DemoCLIP-ViT-Tiny"
 BUNDLED_MODELS: dict[str, BundledModel] = {
     DEMO_MODEL: BundledModel(
-        "DemoCLIP-ViT-Tiny.pt", "5d00f42a799ae4d815169368fcf629b7c157b262e77addedc576bc4a54aaffa3",
+        "DemoCLIP-ViT-Tiny.pt", "599ac129ceed5251f080817283c29b379f29e3e430fd93d23de2e7fab4d70f2b",
         "python -m scripts.pretrain_demo_backbone"),
 }
 

@@ -3,8 +3,9 @@
 Same on-disk style as the real benchmarks: `images/<class_folder>/<split>_<index>.png` plus the split file
 `split_demo.json` in the official format, then the usual pipeline (few-shot cache, base/new subsampling).
 20 classes, the objects of the demo world (world.py) that the demo backbone `DemoCLIP-ViT-Tiny` was
-pre-trained on, drawn in a shifted style it never saw (`world.shift_style`: recoloured, faded, cluttered with
-strokes, grainy), 32x32 RGB PNGs, 32 train / 8 val / 50 test per class. `manifest.json` (written last, atomically) holds the SHA-256 of every generated file; generation is
+pre-trained on, drawn in a shifted style it never saw (`world.shift_style`: ink sketches of the outlines with a
+faint trace of the colours, and grain), 32x32 RGB PNGs, 32 train / 8 val / 50 test per class.
+`manifest.json` (written last, atomically) holds the SHA-256 of every generated file; generation is
 skipped while it matches, and the whole set is rewritten when it is missing or any file differs.
 """
 import hashlib

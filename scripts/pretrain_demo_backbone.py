@@ -5,8 +5,8 @@
 The world (datasets/world.py) is a few thousand combinations of 20 named objects with colours, sizes,
 textures, positions and backgrounds; the captions name the object and a random subset of its attributes.
 The model is an OpenAI-layout ViT CLIP (the real BPE tokenizer and vocabulary, context length 77): 4 layers
-of width 128 in each tower, on 32x32 images in 8x8 patches (a 4x4 grid, ViT-B/32's 7x7 in miniature). With a third of ViT-B/16's 12 layers, the demo
-configs use a third of the official prompt depths (9 -> 3, 12 -> 4).
+of width 128 in each tower, on 32x32 images in 8x8 patches (a 4x4 grid, ViT-B/32's 7x7 in miniature). With
+a third of ViT-B/16's 12 layers, the demo configs use a third of the official prompt depths (9 -> 3, 12 -> 4).
 Seeded throughout: the same command on the same machine writes the same file. The default run takes about
 15 minutes on 2 CPU cores; `--steps` and `--pool-size` make the smoke-sized run of the tests.
 
@@ -82,8 +82,8 @@ def normalise(images: torch.Tensor) -> torch.Tensor:
 
 def world_token_ids() -> torch.Tensor:
     """Every token id a caption or a class prompt of the world can contain (BPE encodes word by word)."""
-    words = [*world.CAPTION_WORDS, *world.OBJECTS, *world.COLOURS, *world.BACKGROUNDS, *world.SIZES, *world.TEXTURES,
-             *world.POSITIONS, "."]
+    words = [*world.CAPTION_WORDS, *world.OBJECTS, *world.COLOURS, *world.BACKGROUNDS, *world.SIZES,
+             *world.TEXTURES, *world.POSITIONS, "."]
     tokens = clip_api.tokenize(" ".join(words), context_length=512)
     return torch.unique(tokens[tokens > 0])
 
@@ -119,7 +119,9 @@ def _lr_at(step: int, settings: Settings) -> float:
 
 
 def contrastive_loss(model: CLIP, images: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """CLIP's symmetric cross-entropy; captions that are the same text are all counted as matches."""
+    """CLIP's symmetric cross-entropy, with captions that are the same text all counted as matches of each
+    other's pictures (duplicates are common in a batch of this world; their features are identical, so the
+    loss equals CLIP's one-hot one, but the targets say what is meant)."""
     image_features = F.normalize(model.encode_image(images), dim=-1)
     text_features = F.normalize(model.encode_text(tokens), dim=-1)
     logits = model.logit_scale.exp().clamp(max=100) * image_features @ text_features.t()
