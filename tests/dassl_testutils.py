@@ -40,3 +40,27 @@ def shuffled_labels(n_items: int, n_labels: int, seed: int) -> List[int]:
     labels = [i % n_labels for i in range(n_items)]
     rng.shuffle(labels)
     return labels
+
+
+def set_keys(cfg, changes: Dict[str, object]) -> None:
+    """Set dotted config keys ("OPTIM.LR") to values, in place."""
+    for key, value in changes.items():
+        node = cfg
+        *path, leaf = key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+
+
+def lr_per_epoch(optim_cfg, epochs: int) -> List[float]:
+    """The LR each epoch runs at under an OPTIM config, the scheduler stepped once per epoch (as the trainers do)."""
+    import torch.nn as nn
+    from dassl.optim import build_lr_scheduler, build_optimizer
+    optimizer = build_optimizer(nn.Linear(2, 2), optim_cfg)
+    scheduler = build_lr_scheduler(optimizer, optim_cfg)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs

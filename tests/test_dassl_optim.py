@@ -9,6 +9,7 @@ import torch.nn as nn
 from dassl.config import get_cfg_default
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_checkpoint, save_checkpoint
+from dassl_testutils import lr_per_epoch
 
 MAPLE_LRS = [1e-5, 0.0035, 0.0031658, 0.0022908, 0.0012092]
 
@@ -29,20 +30,9 @@ def maple_optim_cfg(warmup_type="constant", lr=0.0035, max_epoch=5):
     return o
 
 
-def _lrs(model, optim_cfg, epochs):
-    opt = build_optimizer(model, optim_cfg)
-    sched = build_lr_scheduler(opt, optim_cfg)
-    seq = []
-    for _ in range(epochs):
-        seq.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    return seq
-
-
 @pytest.mark.parametrize("warmup_type", ["constant", "linear"])
 def test_maple_lr_sequence(warmup_type):
-    seq = _lrs(nn.Linear(2, 2), maple_optim_cfg(warmup_type), 5)
+    seq = lr_per_epoch(maple_optim_cfg(warmup_type), 5)
     assert seq == pytest.approx(MAPLE_LRS, rel=1e-4)
     for e in range(1, 5):
         assert seq[e] == pytest.approx(0.0035 * (1 + math.cos(math.pi * (e - 1) / 5)) / 2, rel=1e-12)
@@ -51,9 +41,9 @@ def test_maple_lr_sequence(warmup_type):
 def test_step_schedules():
     cfg = get_cfg_default().OPTIM
     cfg.NAME, cfg.LR, cfg.LR_SCHEDULER, cfg.STEPSIZE, cfg.GAMMA = "sgd", 1.0, "single_step", (2,), 0.5
-    assert _lrs(nn.Linear(2, 2), cfg, 5) == pytest.approx([1, 1, 0.5, 0.5, 0.25])
+    assert lr_per_epoch(cfg, 5) == pytest.approx([1, 1, 0.5, 0.5, 0.25])
     cfg.LR_SCHEDULER, cfg.STEPSIZE = "multi_step", (1, 3)
-    assert _lrs(nn.Linear(2, 2), cfg, 5) == pytest.approx([1, 0.5, 0.5, 0.25, 0.25])
+    assert lr_per_epoch(cfg, 5) == pytest.approx([1, 0.5, 0.5, 0.25, 0.25])
     cfg.LR_SCHEDULER = "poly"
     with pytest.raises(ValueError, match="cosine"):
         build_lr_scheduler(build_optimizer(nn.Linear(2, 2), cfg), cfg)

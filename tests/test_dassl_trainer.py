@@ -10,7 +10,7 @@ from dassl.config import get_cfg_default
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
 from dassl.utils.torchtools import content_digest
-from dassl_testutils import make_color_dataset
+from dassl_testutils import make_color_dataset, set_keys
 
 
 class Interrupted(Exception):
@@ -35,12 +35,7 @@ def tiny_cfg(root, output_dir, **overrides):
     cfg.OPTIM.WARMUP_EPOCH = 1
     cfg.OPTIM.WARMUP_TYPE = "constant"
     cfg.TRAIN.PRINT_FREQ = 1
-    for key, value in overrides.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    set_keys(cfg, overrides)
     return cfg
 
 

@@ -17,9 +17,9 @@ import dassl_e2e_plugin  # noqa: F401  (registers TinyColors / TinyLinear)
 from dassl.config import get_cfg_default
 from dassl.engine import build_trainer
 from dassl.evaluation import build_evaluator
-from dassl.optim import build_lr_scheduler, build_optimizer
+from dassl.optim import build_optimizer
 from dassl.utils import set_random_seed
-from dassl_testutils import make_color_dataset
+from dassl_testutils import lr_per_epoch, make_color_dataset, set_keys
 
 
 @pytest.fixture(autouse=True)
@@ -39,18 +39,6 @@ def optim_cfg(**changes):
     for key, value in changes.items():
         cfg[key] = value
     return cfg
-
-
-def lr_per_epoch(cfg, epochs):
-    """The LR each epoch runs at, the scheduler stepped once per epoch (as the trainers do)."""
-    optimizer = build_optimizer(nn.Linear(2, 2), cfg)
-    scheduler = build_lr_scheduler(optimizer, cfg)
-    lrs = []
-    for _ in range(epochs):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return lrs
 
 
 def cosine(k, total):
@@ -156,12 +144,7 @@ def tiny_linear(root, output_dir, **changes):
     o.NAME, o.LR, o.MAX_EPOCH, o.LR_SCHEDULER, o.WARMUP_EPOCH, o.WARMUP_TYPE = "sgd", 0.5, 3, "cosine", 1, "constant"
     o.WARMUP_CONS_LR = 0.1
     cfg.TRAIN.PRINT_FREQ = 100
-    for key, value in changes.items():
-        node = cfg
-        *path, leaf = key.split(".")
-        for part in path:
-            node = node[part]
-        node[leaf] = value
+    set_keys(cfg, changes)
     set_random_seed(1)
     return build_trainer(cfg)
 

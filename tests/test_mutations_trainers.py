@@ -31,6 +31,7 @@ from dassl.config import get_cfg_default
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
 from dassl_testutils import make_color_dataset
+from official_forward_testutils import assert_rel, official_image, official_text
 from trainers.cocoop import CoCoOpCLIP, PromptLearner as CoCoOpLearner
 from trainers.common import PromptedCLIP, SpeedOptions, encode_class_templates, freeze_all_but_prompts
 from trainers.config import extend_cfg
@@ -88,16 +89,6 @@ def half_clip():
     return model
 
 
-def rel_error(actual, expected):
-    return ((actual - expected).norm() / expected.norm()).item()
-
-
-def assert_rel(actual, expected, what, tol=1e-5):
-    assert actual is not None, f"{what}: missing (no gradient reached it)"
-    error = rel_error(actual, expected)
-    assert error <= tol, f"{what}: relative error {error:.2e} > {tol:.0e}"
-
-
 def perturb_(module, seed):
     """Move every parameter away from its initial value (identical deep copies, zero biases) as training does."""
     generator = torch.Generator().manual_seed(seed)
@@ -107,44 +98,7 @@ def perturb_(module, seed):
 
 
 # --------------------------------------------------------------------------------------------------------
-# Official forward passes on the reference openai-clip model (sequence-first, block by block)
-
-
-def official_text(ref, tokenized, ctx, deep, n_ctx):
-    """Prompts [SOS][ctx][rest of the tokenised "<prefix> <class>."] + positional embedding; deep prompt k
-    replaces tokens 1..n_ctx at the input of block k+1; ln_final at the EOT token; text projection. `ctx` is
-    [n_ctx, D] (shared) or [n_cls, n_ctx, D]."""
-    n_cls = tokenized.shape[0]
-    embedding = ref.token_embedding(tokenized)
-    if ctx.dim() == 2:
-        ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
-    x = torch.cat([embedding[:, :1], ctx, embedding[:, 1 + n_ctx:]], dim=1) + ref.positional_embedding
-    x = x.permute(1, 0, 2)
-    for i, block in enumerate(ref.transformer.resblocks):
-        if 1 <= i <= len(deep):
-            x = torch.cat([x[:1], deep[i - 1].unsqueeze(1).expand(-1, n_cls, -1), x[1 + n_ctx:]], dim=0)
-        x = block(x)
-    x = ref.ln_final(x.permute(1, 0, 2))
-    return x[torch.arange(n_cls), tokenized.argmax(dim=-1)] @ ref.text_projection
-
-
-def official_image(ref, image, shallow, deep):
-    """Prompts appended after CLS + patches (after +pos, before ln_pre); deep prompt k replaces the last n
-    tokens at the input of block k+1; CLS token pooled."""
-    visual = ref.visual
-    x = visual.conv1(image)
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    x = torch.cat([visual.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1]), x], dim=1)
-    x = x + visual.positional_embedding
-    if shallow is not None:
-        x = torch.cat([x, shallow.unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
-    x = visual.ln_pre(x).permute(1, 0, 2)
-    for i, block in enumerate(visual.transformer.resblocks):
-        if 1 <= i <= len(deep):
-            n = deep[i - 1].shape[0]
-            x = torch.cat([x[:-n], deep[i - 1].unsqueeze(1).expand(-1, x.shape[1], -1)], dim=0)
-        x = block(x)
-    return visual.ln_post(x.permute(1, 0, 2)[:, 0]) @ visual.proj
+# Comparing with the official forward passes (official_forward_testutils)
 
 
 def normalize(x):
@@ -153,6 +107,15 @@ def normalize(x):
 
 def tokenized_prompts(prefix, classnames=CLASSNAMES):
     return reference_clip().tokenize([f"{prefix} {name.replace('_', ' ')}." for name in classnames])
+
+
+def trainable(model_class, ours, learner):
+    """The trainer's model with only the prompts trainable, in train mode, and detached copies of the prompt
+    parameters for the official computation."""
+    model = model_class(ours, learner, SpeedOptions())
+    freeze_all_but_prompts(model)
+    model.train()
+    return model, {name: param.detach().clone().requires_grad_() for name, param in learner.named_parameters()}
 
 
 def compare_step(learner, ref_params, logits, ref_logits, label):
@@ -179,13 +142,10 @@ def test_cocoop_matches_official_forward_loss_and_gradients(models):
     learner = CoCoOpLearner(method_cfg("TRAINER.COCOOP.N_CTX", 4, "TRAINER.COCOOP.CTX_INIT", "a photo of a"),
                             CLASSNAMES, ours)
     perturb_(learner.meta_net, seed=1)
-    model = CoCoOpCLIP(ours, learner, SpeedOptions())
-    freeze_all_but_prompts(model)
-    model.train()
+    model, p = trainable(CoCoOpCLIP, ours, learner)
     image = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     label = torch.tensor([0, 3, 2])
 
-    p = {name: param.detach().clone().requires_grad_() for name, param in learner.named_parameters()}
     features = normalize(ref.encode_image(image))
     hidden = F.relu(F.linear(features, p["meta_net.linear1.weight"], p["meta_net.linear1.bias"]))
     bias = F.linear(hidden, p["meta_net.linear2.weight"], p["meta_net.linear2.bias"])
@@ -210,13 +170,10 @@ def test_maple_three_layers_matches_official(deep_models):
     cfg = method_cfg("TRAINER.MAPLE.N_CTX", 2, "TRAINER.MAPLE.CTX_INIT", "a photo of a", "TRAINER.MAPLE.PROMPT_DEPTH", 3)
     learner = MultiModalPromptLearner(cfg, CLASSNAMES, ours)
     perturb_(learner, seed=3)  # the deep couplings start as identical copies: make them differ
-    model = PromptedCLIP(ours, learner, SpeedOptions())
-    freeze_all_but_prompts(model)
-    model.train()
+    model, p = trainable(PromptedCLIP, ours, learner)
     image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     label = torch.tensor([1, 2])
 
-    p = {name: param.detach().clone().requires_grad_() for name, param in learner.named_parameters()}
     deep_text = [p["compound_prompts_text.0"], p["compound_prompts_text.1"]]
     deep_vision = [F.linear(deep_text[k], p[f"compound_prompt_projections.{k}.weight"],
                             p[f"compound_prompt_projections.{k}.bias"]) for k in range(2)]
@@ -236,13 +193,10 @@ def test_ivlp_text_and_vision_depths_and_widths_are_independent(deep_models):
     learner = VLPromptLearner(cfg, CLASSNAMES, ours)
     assert len(learner.text_deep_prompts) == 2 and len(learner.vision_deep_prompts) == 1
     assert learner.vision_ctx.shape == (3, ours.visual.width)
-    model = PromptedCLIP(ours, learner, SpeedOptions())
-    freeze_all_but_prompts(model)
-    model.train()
+    model, p = trainable(PromptedCLIP, ours, learner)
     image = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
     label = torch.tensor([3, 0])
 
-    p = {name: param.detach().clone().requires_grad_() for name, param in learner.named_parameters()}
     deep_text = [p["text_deep_prompts.0"], p["text_deep_prompts.1"]]
     text = normalize(official_text(ref, tokenized_prompts("a photo of a"), p["ctx"], deep_text, 2))
     img = normalize(official_image(ref, image, p["vision_ctx"], [p["vision_deep_prompts.0"]]))
