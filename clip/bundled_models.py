@@ -23,7 +23,7 @@ class BundledModel:
 DEMO_MODEL = "DemoCLIP-ViT-Tiny"
 BUNDLED_MODELS: dict[str, BundledModel] = {
     DEMO_MODEL: BundledModel(
-        "DemoCLIP-ViT-Tiny.pt", "599ac129ceed5251f080817283c29b379f29e3e430fd93d23de2e7fab4d70f2b",
+        "DemoCLIP-ViT-Tiny.pt", "c9128557c8ab31b2893410f763ed9c053019d08a335e712fa7ee3c40d959568b",
         "python -m scripts.pretrain_demo_backbone"),
 }
 

@@ -27,7 +27,7 @@ SPLIT_SIZES = {"train": 32, "val": 8, "test": 50}
 SPLIT_FILE = "split_demo.json"
 MANIFEST = "manifest.json"
 # Bump when the drawing changes, so existing copies are regenerated.
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 SEED = 20230101
 
 
@@ -37,7 +37,7 @@ def folder_name(classname: str) -> str:
 
 def draw(classname: str, rng: np.random.Generator) -> np.ndarray:
     """One demo picture of `classname`: a random scene of that object, in the demo's shifted style."""
-    image = world.render_float(world.random_scene(rng, classname), IMAGE_SIZE, rng)
+    image = world.render_float(world.random_scene(rng, classname, style="photo"), IMAGE_SIZE, rng)
     return world.to_uint8(world.shift_style(image, rng))
 
 

@@ -106,7 +106,17 @@ POSITIONS: Dict[str, Tuple[float, float]] = {
     "in the center": (0.0, 0.0), "on the left": (-0.22, 0.0), "on the right": (0.22, 0.0),
     "at the top": (0.0, -0.22), "at the bottom": (0.0, 0.22),
 }
-PREFIXES = ("a photo of a", "a photo of a", "a picture of a", "an image of a", "a drawing of a", "a", "this is a")
+# How a picture is drawn, and the caption openings that say so. The style words are what makes the openings
+# of a caption mean something: a text encoder that reads them is one whose context a prompt learner can move.
+STYLES: Dict[str, Tuple[str, ...]] = {
+    "photo": ("a photo of a", "a picture of a"),
+    "drawing": ("a drawing of a", "a line drawing of a"),
+    "painting": ("a painting of a", "a blurry painting of a"),
+}
+_STYLE_ODDS = (0.5, 0.25, 0.25)
+# Openings that name no style, used for any picture now and then.
+GENERIC_PREFIXES = ("an image of a", "a", "this is a")
+PREFIXES = (*(p for openings in STYLES.values() for p in openings), *GENERIC_PREFIXES)
 # Words of the captions other than attribute values and object names (for the backbone's vocabulary).
 CAPTION_WORDS = (*PREFIXES, "on a background")
 _SUPERSAMPLE = 2  # drawn at 2x and averaged down: cheap anti-aliasing
@@ -121,6 +131,7 @@ class Scene:
     size: str
     texture: str
     position: str
+    style: str = "photo"
 
 
 def mirrored(scene: Scene) -> Scene:
@@ -129,26 +140,30 @@ def mirrored(scene: Scene) -> Scene:
     return replace(scene, position=swap.get(scene.position, scene.position))
 
 
-def random_scene(rng: np.random.Generator, obj: str | None = None) -> Scene:
-    """A scene with uniformly drawn attributes (and object, unless given)."""
+def random_scene(rng: np.random.Generator, obj: str | None = None, style: str | None = None) -> Scene:
+    """A scene with uniformly drawn attributes (and object and style, unless given)."""
     names = list(OBJECTS)
     obj = obj if obj is not None else names[rng.integers(len(names))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     size = list(SIZES)[rng.integers(len(SIZES))]
     position = list(POSITIONS)[rng.integers(len(POSITIONS))] if size == "small" else "in the center"
-    return Scene(obj, colour, background, size, TEXTURES[rng.choice(len(TEXTURES), p=_TEXTURE_ODDS)], position)
+    texture = TEXTURES[rng.choice(len(TEXTURES), p=_TEXTURE_ODDS)]
+    style = style if style is not None else list(STYLES)[rng.choice(len(STYLES), p=_STYLE_ODDS)]
+    return Scene(obj, colour, background, size, texture, position, style)
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """One description of `scene`: a prefix, a random subset of its attributes, the object's name. Each
-    attribute is named now and then only, so that the object's name carries most captions."""
-    words = [PREFIXES[rng.integers(len(PREFIXES))]]
+    """One description of `scene`: an opening that mostly names its style, a random subset of its attributes,
+    the object's name. Each attribute is named now and then only, so that the object's name carries most
+    captions."""
+    openings = STYLES[scene.style] if rng.random() < 0.8 else GENERIC_PREFIXES
+    words = [openings[rng.integers(len(openings))]]
     if rng.random() < 0.3:
         words.append(scene.size)
     if rng.random() < 0.3:
         words.append(scene.colour)
-    if scene.texture != "solid" and rng.random() < 0.3:
+    if scene.texture != "solid" and scene.style != "drawing" and rng.random() < 0.3:  # lines show no fill
         words.append(scene.texture)
     words.append(scene.obj)
     if scene.position != "in the center" and rng.random() < 0.2:
@@ -193,9 +208,33 @@ def render_float(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarra
     shade = fg * 0.35 if fg.mean() > 0.5 else fg + (1 - fg) * 0.6
     second = _texture(scene.texture, x, y, rng)
     colour = np.where(second[..., None], shade, fg)
-    image = np.where(inside[..., None], colour, bg)
+    if scene.style == "drawing":
+        image = np.where(_outline(inside)[..., None], fg, bg)
+    else:
+        image = np.where(inside[..., None], colour, bg)
     image = image.reshape(size, _SUPERSAMPLE, size, _SUPERSAMPLE, 3).mean(axis=(1, 3))
+    if scene.style == "painting":
+        image = _blur(image) + rng.normal(0.0, 0.05, size=3)  # soft edges and a tinted canvas
     return np.clip(image + rng.normal(0.0, 0.02, size=image.shape), 0.0, 1.0)
+
+
+def _outline(inside: np.ndarray) -> np.ndarray:
+    """The pixels of a mask within `_SUPERSAMPLE` pixels of its edge (a line one output pixel wide)."""
+    eroded = inside.copy()
+    for axis in (0, 1):
+        for step in range(1, _SUPERSAMPLE + 1):
+            eroded &= np.roll(inside, step, axis) & np.roll(inside, -step, axis)
+    return inside & ~eroded
+
+
+def _blur(image: np.ndarray) -> np.ndarray:
+    """A separable binomial blur of about 1.5 pixels, edges repeated."""
+    kernel = np.array([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
+    for axis in (0, 1):
+        padded = np.pad(image, [(2, 2) if a == axis else (0, 0) for a in range(3)], mode="edge")
+        image = sum(w * np.take(padded, np.arange(i, i + image.shape[axis]), axis=axis)
+                    for i, w in enumerate(kernel))
+    return image
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:

@@ -3,7 +3,8 @@
     python -m scripts.pretrain_demo_backbone            # writes clip/weights/DemoCLIP-ViT-Tiny.pt
 
 The world (datasets/world.py) is a few thousand combinations of 20 named objects with colours, sizes,
-textures, positions and backgrounds; the captions name the object and a random subset of its attributes.
+textures, positions and backgrounds, drawn as photos, line drawings or paintings; the captions name the
+object and a random subset of its attributes after an opening that mostly names the style.
 The model is an OpenAI-layout ViT CLIP (the real BPE tokenizer and vocabulary, context length 77): 4 layers
 of width 128 in each tower, on 32x32 images in 8x8 patches (a 4x4 grid, ViT-B/32's 7x7 in miniature). With
 a third of ViT-B/16's 12 layers, the demo configs use a third of the official prompt depths (9 -> 3, 12 -> 4).

@@ -59,9 +59,10 @@ def test_intact_copy_is_kept_and_damaged_copy_regenerated(tmp_path):
 
 
 def test_demo_pictures_are_world_scenes_redrawn_in_the_sketch_style():
-    # The demo draws a world scene of the class and redraws it in the shifted style, nothing else.
+    # The demo draws a world scene of the class in the photo style and redraws it in the shifted style.
     rng = np.random.default_rng(3)
-    expected = world.to_uint8(world.shift_style(world.render_float(world.random_scene(rng, "star"), 32, rng), rng))
+    scene = world.random_scene(rng, "star", style="photo")
+    expected = world.to_uint8(world.shift_style(world.render_float(scene, 32, rng), rng))
     assert np.array_equal(demo.draw("star", np.random.default_rng(3)), expected)
 
 
@@ -74,6 +75,30 @@ def test_the_sketch_style_keeps_outlines_and_lightens_fills():
     assert picture[16, 16].mean() < 0.2 < 0.5 < sketch[16, 16].mean()
     edge_column = int(np.argmax(np.abs(np.diff(picture[16, :, 0]))))
     assert sketch[16, edge_column:edge_column + 2].mean() < 0.5 * sketch[16, 16].mean()
+
+
+def test_world_styles_draw_what_their_captions_say():
+    # The same large black square on white in each style: a filled photo, an outline drawing (the inside
+    # stays background), a painting with soft edges; and the captions of a scene open with its style's words
+    # most of the time, never with another style's.
+    def draw(style):
+        scene = world.Scene("square", "black", "white", "large", "solid", "in the center", style)
+        return world.render_float(scene, 32, np.random.default_rng(0))
+    photo, drawing, painting = draw("photo"), draw("drawing"), draw("painting")
+    assert photo[16, 16].mean() < 0.2 and drawing[16, 16].mean() > 0.8
+    edge_column = int(np.argmax(np.abs(np.diff(photo[16, :, 0]))))
+    assert drawing[16, edge_column - 1:edge_column + 3].mean(axis=-1).min() < 0.3  # the line
+    steepest = lambda picture: np.abs(np.diff(picture[16, :, 0])).max()  # noqa: E731
+    assert steepest(painting) < 0.6 * steepest(photo)
+
+    rng = np.random.default_rng(5)
+    for style, openings in world.STYLES.items():
+        scene = world.random_scene(rng, "circle", style=style)
+        captions = [world.caption(scene, rng) for _ in range(200)]
+        named = [c for c in captions if any(c.startswith(o + " ") for o in openings)]
+        others = [o for other, its in world.STYLES.items() if other != style for o in its]
+        assert len(named) > 0.6 * len(captions)
+        assert not any(c.startswith(o + " ") for c in captions for o in others)
 
 
 def test_demo_runs_the_whole_pipeline(tmp_path):
