@@ -159,6 +159,9 @@ def main(args: argparse.Namespace):
     except DistributedSetupError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # a diverged loss: every process of a distributed run stops with this line
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
     finally:
         if launch is not None:
             shutdown_distributed()

@@ -23,16 +23,17 @@ from dassl.utils.distributed import (
     synchronize_trainable_parameters,
     training_device,
 )
-from ddp_testutils import free_port, run_train_process
+from ddp_testutils import free_port, run_train_process, run_train_with_a_bad_loss
 from trainers_testutils import demo_args
 
 TIMEOUT_S = 180
 
 
-def _run_all(jobs):
-    """Start every (tag, kwargs) job as a spawned process; fail with its stdout tail if one fails."""
+def _run_all(jobs, target=run_train_process):
+    """Start every (tag, kwargs) job as a spawned process running `target`; returns their exit codes (a process
+    still alive after TIMEOUT_S is killed: exit code -9)."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [(tag, ctx.Process(target=run_train_process, kwargs=kwargs)) for tag, kwargs in jobs]
+    procs = [(tag, ctx.Process(target=target, kwargs=kwargs)) for tag, kwargs in jobs]
     for _, p in procs:
         p.start()
     try:
@@ -100,6 +101,27 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
     assert listing[""] == single_listing[""] == ["config.yaml", "log.txt"]
     assert len(listing["/tensorboard"]) == 1
     assert listing["/MultiModalPromptLearner"] == single_listing["/MultiModalPromptLearner"]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_line(tmp_path):
+    """Rank 1's loss turns NaN at batch 2 while rank 0's stays finite: both must stop (no one left waiting in a
+    collective) with the same one-line error naming that batch, and exit non-zero."""
+    data, reports = str(tmp_path / "data"), tmp_path / "reports"
+    reports.mkdir()
+    ensure_demo_data(os.path.join(data, "demo"))
+    argv = demo_args("CoOp", "CoOp/tiny.yaml", data, str(tmp_path / "out"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+                     "TRAIN.PRINT_FREQ", "3")
+    port = free_port()
+    jobs = [(f"rank{rank}", dict(argv=argv, report_dir=str(reports), tag=f"rank{rank}", rank=rank, world_size=2,
+                                 port=port, bad_rank=1, bad_batch=1)) for rank in (0, 1)]
+    exitcodes = _run_all(jobs, target=run_train_with_a_bad_loss)
+    stderr = {tag: _read(reports / f"stderr-{tag}.txt") for tag in exitcodes}
+    assert exitcodes == {"rank0": 1, "rank1": 1}, stderr
+    last_lines = {tag: text.strip().splitlines()[-1] for tag, text in stderr.items()}
+    assert last_lines["rank0"] == last_lines["rank1"], last_lines
+    assert re.fullmatch(r"train\.py: error: Loss is infinite or NaN! at epoch \[1/1\] batch \[2/5\]; training stopped, "
+                        r".*; loss = nan \(mean over 2 processes\)", last_lines["rank0"]), last_lines["rank0"]
+    assert not os.path.exists(tmp_path / "out" / "prompt_learner" / "model.pth.tar-1")
 
 
 # ----------------------------------------------------------------------------------------------------------------
