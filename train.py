@@ -12,8 +12,8 @@ import torch
 from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
-from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_random_seed, setup_logger,
-                         write_text_atomic)
+from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_cuda_math, set_random_seed,
+                         setup_logger, write_text_atomic)
 from dassl.utils.distributed import (
     DistributedSetupError,
     LaunchEnv,
@@ -181,7 +181,7 @@ def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv]):
         print(f"Setting fixed seed: {seed}")
         set_random_seed(seed)
     if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
+        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
 
     print_args(args, cfg)
     if not args.eval_only:

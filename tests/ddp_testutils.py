@@ -61,7 +61,7 @@ def run_train_process(argv: Sequence[str], report_dir: str, tag: str, rank: Opti
     writes: list = []
     if rank is not None:
         os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                          LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         if rank > 0:
             _record_writes_under(output_dir, writes)
 
@@ -98,7 +98,7 @@ def run_train_with_a_bad_loss(argv: Sequence[str], report_dir: str, tag: str, ra
     for name in LAUNCH_VARS:
         os.environ.pop(name, None)
     os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
     import train
     from trainers.common import PromptTrainer

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from dassl.utils import CheckpointError, load_checkpoint, load_resume_checkpoint, save_checkpoint
+import train
+from dassl.utils import CheckpointError, load_checkpoint, load_resume_checkpoint, save_checkpoint, set_cuda_math
 from dassl.utils import distributed
 from dassl.utils.distributed import DistributedSetupError, LaunchEnv, init_distributed, read_launch_env
 from datasets.demo import ensure_demo_data
@@ -114,6 +115,19 @@ def test_a_local_rank_beyond_the_visible_gpus_says_what_to_change(fake_gpus):
         init_distributed(use_cuda=True, environ=SLURM)
     assert calls == {}
     assert read_launch_env(TORCHRUN) == LaunchEnv(rank=1, world_size=2, local_rank=1, source="torchrun", local_world_size=2)
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_the_exact_fp32_switch_sets_the_cuda_math_flags(monkeypatch, exact):
+    flags = ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"),
+             (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32"))
+    for module, name in flags:  # restored after the test
+        monkeypatch.setattr(module, name, getattr(module, name))
+    train.import_plugins([])
+    cfg = train.setup_cfg(train.build_parser().parse_args(["CUDA_EXACT_FP32", str(exact)]))
+    set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
+    assert cfg.CUDA_EXACT_FP32 is exact
+    assert [getattr(module, name) for module, name in flags] == [not exact, exact, not exact, False]
 
 
 # ----------------------------------------------------------------------------------------------------------------
