@@ -17,7 +17,8 @@ def pytest_collection_modifyitems(config, items):
 
     if torch.cuda.is_available():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); run benchmarks/gpu_check.sh on one")
+    skip = pytest.mark.skip(
+        reason="needs a CUDA GPU (torch.cuda.is_available() is False); run benchmarks/gpu_check.sh on one")
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)

@@ -111,10 +111,12 @@ def test_each_process_drives_the_gpu_it_sees(fake_gpus, environ, gpus, device, b
 def test_a_local_rank_beyond_the_visible_gpus_says_what_to_change(fake_gpus):
     count, calls = fake_gpus
     count["gpus"] = 2
-    with pytest.raises(DistributedSetupError, match=r"local rank 3 has no GPU: this process sees 2 GPUs.*--gpus-per-task=1"):
+    with pytest.raises(DistributedSetupError,
+                       match=r"local rank 3 has no GPU: this process sees 2 GPUs.*--gpus-per-task=1"):
         init_distributed(use_cuda=True, environ=SLURM)
     assert calls == {}
-    assert read_launch_env(TORCHRUN) == LaunchEnv(rank=1, world_size=2, local_rank=1, source="torchrun", local_world_size=2)
+    assert read_launch_env(TORCHRUN) == LaunchEnv(rank=1, world_size=2, local_rank=1, source="torchrun",
+                                                  local_world_size=2)
 
 
 @pytest.mark.parametrize("exact", [True, False])
@@ -135,8 +137,8 @@ def test_the_exact_fp32_switch_sets_the_cuda_math_flags(monkeypatch, exact):
 
 
 def _amp_coop_unscaled(data_root, out):
-    return demo_trainer("CoOp", "CoOp/tiny.yaml", data_root, str(out), "TRAINER.COOP.PREC", "amp", "OPTIM.MAX_EPOCH", "2",
-                        "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TEST.NO_TEST", "True")
+    return demo_trainer("CoOp", "CoOp/tiny.yaml", data_root, str(out), "TRAINER.COOP.PREC", "amp",
+                        "OPTIM.MAX_EPOCH", "2", "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "TEST.NO_TEST", "True")
 
 
 def _amp_coop(data_root, out):

@@ -18,7 +18,8 @@ def test_gpu_check_without_a_gpu_says_so(tmp_path):
                           env=dict(os.environ, GPU_CHECK_DIR=str(tmp_path / "results")),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "gpu_check.sh: error: no CUDA GPU is visible to torch (torch.cuda.is_available() is False)"
+    assert proc.stderr.strip() == ("gpu_check.sh: error: no CUDA GPU is visible to torch "
+                                   "(torch.cuda.is_available() is False)")
 
 
 def _run(phase, classes, plain, value, allocated, reserved):

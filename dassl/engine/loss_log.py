@@ -34,7 +34,8 @@ class LoggedStep:
     values: Dict[str, float]
 
 
-def nonfinite_loss_error(epoch: int, max_epoch: int, batch_idx: int, num_batches: int, detail: str) -> FloatingPointError:
+def nonfinite_loss_error(epoch: int, max_epoch: int, batch_idx: int, num_batches: int,
+                         detail: str) -> FloatingPointError:
     """The one error every non-finite-loss stop raises (on every process alike)."""
     return FloatingPointError(
         f"Loss is infinite or NaN! at epoch [{epoch + 1}/{max_epoch}] batch [{batch_idx + 1}/{num_batches}]; "
