@@ -12,8 +12,8 @@ import torch
 from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer
-from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_random_seed, setup_logger,
-                         write_text_atomic)
+from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_cuda_math, set_random_seed,
+                         setup_logger, write_text_atomic)
 from dassl.utils.distributed import (
     DistributedSetupError,
     LaunchEnv,
@@ -159,6 +159,9 @@ def main(args: argparse.Namespace):
     except DistributedSetupError as e:
         print(f"train.py: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as e:  # a diverged loss: every process of a distributed run stops with this line
+        print(f"train.py: error: {e}", file=sys.stderr)
+        sys.exit(1)
     finally:
         if launch is not None:
             shutdown_distributed()
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv]):
         print(f"Setting fixed seed: {seed}")
         set_random_seed(seed)
     if torch.cuda.is_available() and cfg.USE_CUDA:
-        torch.backends.cudnn.benchmark = True
+        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
 
     print_args(args, cfg)
     if not args.eval_only:

@@ -197,15 +197,27 @@ def _status_bytes(field_name: str) -> Optional[int]:
     return None
 
 
-def peak_memory(device) -> dict:
-    """Peak resident memory of this process (it ran one measurement only) and, on CUDA, peak allocated."""
+def peak_memory(device, prefix: str = "") -> dict:
+    """Peak resident memory of this process (it ran one measurement only) and, on CUDA, the peak memory
+    allocated to tensors and reserved by the caching allocator (what the GPU actually holds for this
+    process, what another process could not use) since the last `reset_cuda_peaks`; keys get `prefix`."""
     import torch
 
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
     memory = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale}
     if device.type == "cuda":
         memory["peak_cuda_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
-    return memory
+        memory["peak_cuda_reserved_bytes"] = torch.cuda.max_memory_reserved(device)
+    return {prefix + key: value for key, value in memory.items()}
+
+
+def reset_cuda_peaks(device) -> None:
+    """Start a new phase of the CUDA peaks (the RSS peak of a process cannot be reset)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def machine(device) -> dict:
@@ -222,16 +234,22 @@ def machine(device) -> dict:
 
 def measure(spec: Spec) -> dict:
     """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
-    from dassl.utils import set_random_seed
+    from dassl.utils import set_cuda_math, set_random_seed
 
     if spec.phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
     cfg = build_cfg(spec)
+    if spec.device == "cuda":
+        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)  # as train.py does
     set_random_seed(cfg.SEED)
     start = time.perf_counter()
     trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
     build_s = time.perf_counter() - start
     result = {"spec": asdict(spec), "build_s": build_s, "rss_after_build_bytes": _status_bytes("VmRSS")}
+    # Per phase: the build (CLIP weights, prompts) on its own, then the measured phase from a reset peak, so
+    # the phase's figure is what training or evaluation adds at most, not a whole-process high-water mark.
+    result.update(peak_memory(trainer.device, prefix="build_"))
+    reset_cuda_peaks(trainer.device)
     if spec.phase == "train":
         if not hasattr(trainer, "optim"):
             raise ValueError(f"{spec.trainer} has no optimizer: it does not train (measure its evaluation only)")

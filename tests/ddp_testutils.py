@@ -8,8 +8,8 @@ import socket
 import sys
 from typing import Optional, Sequence
 
-LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID", "SLURM_NTASKS",
-               "SLURM_LOCALID")
+LAUNCH_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
+               "SLURM_NTASKS", "SLURM_LOCALID")
 
 
 def free_port() -> int:
@@ -61,7 +61,7 @@ def run_train_process(argv: Sequence[str], report_dir: str, tag: str, rank: Opti
     writes: list = []
     if rank is not None:
         os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
-                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+                          LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
         if rank > 0:
             _record_writes_under(output_dir, writes)
 
@@ -82,3 +82,34 @@ def run_train_process(argv: Sequence[str], report_dir: str, tag: str, rank: Opti
     torch.save({"initial": initial, "final": final}, os.path.join(report_dir, f"params-{tag}.pt"))
     with open(os.path.join(report_dir, f"writes-{tag}.json"), "w") as f:
         json.dump(writes, f)
+
+
+def run_train_with_a_bad_loss(argv: Sequence[str], report_dir: str, tag: str, rank: int, world_size: int, port: int,
+                              bad_rank: int, bad_batch: int) -> None:
+    """One rank of a gloo run of `train.main(argv)` whose loss turns NaN at batch index `bad_batch` of the first
+    epoch on rank `bad_rank` only; stderr goes to `<report_dir>/stderr-<tag>.txt`. The process exits with
+    train.py's exit code."""
+    import torch
+
+    torch.set_num_threads(1)
+    stderr_file = open(os.path.join(report_dir, f"stderr-{tag}.txt"), "w")
+    os.dup2(stderr_file.fileno(), 2)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+    for name in LAUNCH_VARS:
+        os.environ.pop(name, None)
+    os.environ.update(WORLD_SIZE=str(world_size), RANK=str(rank), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+    import train
+    from trainers.common import PromptTrainer
+
+    training_loss = PromptTrainer.training_loss
+
+    def diverging_loss(self, image, label):
+        loss, logits = training_loss(self, image, label)
+        if rank == bad_rank and self.epoch == 0 and self.batch_idx == bad_batch:
+            loss = loss * float("nan")
+        return loss, logits
+
+    PromptTrainer.training_loss = diverging_loss
+    train.main(train.build_parser().parse_args(list(argv)))

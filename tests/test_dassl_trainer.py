@@ -102,7 +102,7 @@ def test_nan_loss_stops_with_epoch_and_batch(data_root, tmp_path):
 
     set_random_seed(1)
     trainer = NaNTrainer(tiny_cfg(data_root, str(tmp_path / "nan")))
-    with pytest.raises(FloatingPointError, match=r"loss is nan at epoch \[1/3\] batch \[2/3\]"):
+    with pytest.raises(FloatingPointError, match=r"Loss is infinite or NaN! at epoch \[1/3\] batch \[2/3\]; .*; loss = nan$"):
         trainer.train()
 
 

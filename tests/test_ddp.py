@@ -23,16 +23,17 @@ from dassl.utils.distributed import (
     synchronize_trainable_parameters,
     training_device,
 )
-from ddp_testutils import free_port, run_train_process
+from ddp_testutils import free_port, run_train_process, run_train_with_a_bad_loss
 from trainers_testutils import demo_args
 
 TIMEOUT_S = 180
 
 
-def _run_all(jobs):
-    """Start every (tag, kwargs) job as a spawned process; fail with its stdout tail if one fails."""
+def _run_all(jobs, target=run_train_process):
+    """Start every (tag, kwargs) job as a spawned process running `target`; returns their exit codes (a process
+    still alive after TIMEOUT_S is killed: exit code -9)."""
     ctx = multiprocessing.get_context("spawn")
-    procs = [(tag, ctx.Process(target=run_train_process, kwargs=kwargs)) for tag, kwargs in jobs]
+    procs = [(tag, ctx.Process(target=target, kwargs=kwargs)) for tag, kwargs in jobs]
     for _, p in procs:
         p.start()
     try:
@@ -56,13 +57,23 @@ def _result_block(text):
 
 
 def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
+    _two_processes_match_one_process(tmp_path, "USE_CUDA", "False")
+
+
+@pytest.mark.cuda
+def test_two_processes_on_one_gpu_match_one_process(tmp_path):
+    """Both processes drive the one GPU (their CUDA tensors go through gloo: NCCL refuses two ranks on a device)."""
+    _two_processes_match_one_process(tmp_path, "USE_CUDA", "True", "CUDA_EXACT_FP32", "True")
+
+
+def _two_processes_match_one_process(tmp_path, *device_opts):
     data, reports = str(tmp_path / "data"), tmp_path / "reports"
     reports.mkdir()
     ensure_demo_data(os.path.join(data, "demo"))  # once here rather than three times over in the processes
     # deterministic transforms (augmentation draws differ per process by design); a large LR without warm-up so
     # that the prompts move far more than the tolerance in the 10 steps (2 epochs x 5 batches of 4 images)
     opts = ["INPUT.TRANSFORMS", "['normalize']", "OPTIM.LR", "0.05", "OPTIM.WARMUP_EPOCH", "-1", "OPTIM.MAX_EPOCH", "2",
-            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16"]
+            "DATALOADER.TRAIN_X.BATCH_SIZE", "4", "DATALOADER.TEST.BATCH_SIZE", "16", *device_opts]
     single_out, ddp_out = str(tmp_path / "single"), str(tmp_path / "ddp")
     port = free_port()
     common = dict(report_dir=str(reports))
@@ -74,8 +85,9 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
     assert exitcodes == {"single": 0, "rank0": 0, "rank1": 0}, {
         tag: _read(reports / f"stdout-{tag}.txt")[-3000:] for tag, code in exitcodes.items() if code != 0}
 
-    single = torch.load(reports / "params-single.pt")
-    rank0, rank1 = torch.load(reports / "params-rank0.pt"), torch.load(reports / "params-rank1.pt")
+    single = torch.load(reports / "params-single.pt", map_location="cpu")
+    rank0 = torch.load(reports / "params-rank0.pt", map_location="cpu")
+    rank1 = torch.load(reports / "params-rank1.pt", map_location="cpu")
     assert len(single["final"]) >= 4  # MaPLe: text context, deep text prompts, couplings
     assert single["final"].keys() == rank0["final"].keys() == rank1["final"].keys()
     moved = max((single["final"][k] - single["initial"][k]).abs().max().item() for k in single["final"])
@@ -100,6 +112,27 @@ def test_two_gloo_processes_match_one_process_on_the_whole_batch(tmp_path):
     assert listing[""] == single_listing[""] == ["config.yaml", "log.txt"]
     assert len(listing["/tensorboard"]) == 1
     assert listing["/MultiModalPromptLearner"] == single_listing["/MultiModalPromptLearner"]
+
+
+def test_a_nan_loss_on_one_rank_stops_every_rank_with_the_same_line(tmp_path):
+    """Rank 1's loss turns NaN at batch 2 while rank 0's stays finite: both must stop (no one left waiting in a
+    collective) with the same one-line error naming that batch, and exit non-zero."""
+    data, reports = str(tmp_path / "data"), tmp_path / "reports"
+    reports.mkdir()
+    ensure_demo_data(os.path.join(data, "demo"))
+    argv = demo_args("CoOp", "CoOp/tiny.yaml", data, str(tmp_path / "out"), "DATALOADER.TRAIN_X.BATCH_SIZE", "4",
+                     "TRAIN.PRINT_FREQ", "3", "USE_CUDA", "False")
+    port = free_port()
+    jobs = [(f"rank{rank}", dict(argv=argv, report_dir=str(reports), tag=f"rank{rank}", rank=rank, world_size=2,
+                                 port=port, bad_rank=1, bad_batch=1)) for rank in (0, 1)]
+    exitcodes = _run_all(jobs, target=run_train_with_a_bad_loss)
+    stderr = {tag: _read(reports / f"stderr-{tag}.txt") for tag in exitcodes}
+    assert exitcodes == {"rank0": 1, "rank1": 1}, stderr
+    last_lines = {tag: text.strip().splitlines()[-1] for tag, text in stderr.items()}
+    assert last_lines["rank0"] == last_lines["rank1"], last_lines
+    assert re.fullmatch(r"train\.py: error: Loss is infinite or NaN! at epoch \[1/1\] batch \[2/5\]; training stopped, "
+                        r".*; loss = nan \(mean over 2 processes\)", last_lines["rank0"]), last_lines["rank0"]
+    assert not os.path.exists(tmp_path / "out" / "prompt_learner" / "model.pth.tar-1")
 
 
 # ----------------------------------------------------------------------------------------------------------------

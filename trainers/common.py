@@ -519,16 +519,17 @@ class PromptTrainer(TrainerX):
         # no gradient), without optimizer state for the frozen CLIP.
         self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
-        self.register_model(self.MODEL_NAME, module, self.optim, self.sched)
+        self.register_model(self.MODEL_NAME, module, self.optim, self.sched, self.precision.scaler)
 
     def parse_batch_train(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return self.to_device(batch["img"]), self.to_device(batch["label"])
 
     def forward_backward(self, batch: dict) -> dict:
+        """One step. Nothing here reads a tensor on the host: a NaN/inf loss is caught, on every process alike,
+        when the epoch loop reads the returned summary (dassl/engine/loss_log.py)."""
         image, label = self.parse_batch_train(batch)
         with self.precision.autocast():
             loss, logits = self.training_loss(image, label)
-        self.detect_anomaly(loss)
         self.precision.backward_and_step(loss, self.optim)
         summary = self.loss_summary(loss, logits, label)
         # Per-epoch LR schedule stepped on the last batch, as every official prompt trainer does.
@@ -542,7 +543,8 @@ class PromptTrainer(TrainerX):
         return F.cross_entropy(logits, label), logits
 
     def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> dict:
-        return {"loss": loss.item()}
+        """The figures of the log line, as tensors: the epoch loop reads them all at once at the next line."""
+        return {"loss": loss.detach()}
 
     def model_inference(self, input: torch.Tensor) -> torch.Tensor:
         with self.precision.autocast():

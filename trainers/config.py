@@ -63,6 +63,9 @@ def _add_project_keys(cfg: CN) -> None:
     cfg.MODEL.BACKBONE.PATH = ""
     # Where downloaded CLIP checkpoints are cached; empty = $CLIP_CACHE_DIR or ~/.cache/clip.
     cfg.MODEL.BACKBONE.CACHE_DIR = ""
+    # fp32 on CUDA as IEEE fp32: no TF32 convolutions, no cuDNN algorithm search (dassl.utils.set_cuda_math).
+    # Off by default, as in the official code: "fp32" runs on Ampere/Hopper GPUs are then not bit-exact.
+    cfg.CUDA_EXACT_FP32 = False
 
     # Exact speed-ups (same numbers, less work), all on by default; a benchmark's `--plain` mode turns
     # every one of them off to measure the official-style path.

@@ -59,4 +59,4 @@ class CoOp(PromptTrainer):
         return PromptedCLIP(clip_model, learner, SpeedOptions.from_cfg(self.cfg))
 
     def loss_summary(self, loss: torch.Tensor, logits: torch.Tensor, label: torch.Tensor) -> dict:
-        return {"loss": loss.item(), "acc": compute_accuracy(logits, label)[0].item()}
+        return {"loss": loss.detach(), "acc": compute_accuracy(logits, label)[0]}

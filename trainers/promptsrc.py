@@ -12,8 +12,9 @@ Deviations from the official trainer (PROTOCOL.md §4.8, §8 items 17-20), none 
   Official checkpoints load all the same (their `prompt_learner.ZS_image_encoder.*` keys are not
   trainable parameters and are ignored).
 - The teacher text features are computed with an fp32 copy of CLIP that exists only while they are
-  computed (the official keeps a CUDA CLIP alive for it); they are computed on the first training batch,
-  so evaluation-only runs and the inference API never pay for the 60-template ensemble.
+  computed (the official keeps a CUDA CLIP alive for it); they are computed at the first training batch,
+  before its forward, so evaluation-only runs and the inference API never pay for the 60-template ensemble
+  and the copy never adds to the memory of a step's activations.
 - GPA averages the trainable prompt tensors only, in fp32; the official averages the whole state dict
   (frozen CLIP and ZS encoder included) in each tensor's own dtype, so its fp16 frozen weights come out
   slightly perturbed by rounding. The running sum and the number of aggregated epochs are buffers of the
@@ -143,10 +144,12 @@ class PromptSRCCLIP(PromptedCLIP):
     def forward(self, image: torch.Tensor, with_teacher: bool = False):
         if not with_teacher:
             return super().forward(image)
+        if self.teacher_text is None:
+            # before the student forward: its temporary fp32 CLIP copy and 60-template encode then never sit on
+            # top of the student's activations (the peak memory of the first step)
+            self.teacher_text = teacher_text_features(self.clip_model, self.classnames, self.options)
         image_features, text_features = self.features(image)
         scale = self.logit_scale()
-        if self.teacher_text is None:
-            self.teacher_text = teacher_text_features(self.clip_model, self.classnames, self.options)
         with torch.no_grad(), fused_attention(self.options.fused_attention):
             teacher_image = l2_normalize(self.clip_model.encode_image(image))
         # The official teacher logits use the fp16-rounded text features (`half()`): round through CLIP's dtype.

@@ -6,7 +6,6 @@ with `register_model`) and `forward_backward(batch)` (returning a dict of losses
 itself on the last batch of each epoch (`update_lr()`), as the official trainers do.
 """
 import datetime
-import math
 import os.path as osp
 import time
 import warnings
@@ -19,6 +18,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from dassl.data import DataManager
+from dassl.engine.loss_log import LoggedStep, PendingLosses, check_finite, loss_detail, nonfinite_loss_error
 from dassl.evaluation import build_evaluator
 from dassl.utils import (
     AverageMeter,
@@ -39,6 +39,7 @@ from dassl.utils import (
     trainable_state_dict,
 )
 from dassl.utils.distributed import (
+    average_over_processes,
     barrier,
     decorrelate_rng,
     evaluate_gathered,
@@ -57,10 +58,13 @@ class TrainerBase:
         self._models: "OrderedDict[str, nn.Module]" = OrderedDict()
         self._optims: "OrderedDict[str, Optional[torch.optim.Optimizer]]" = OrderedDict()
         self._scheds: "OrderedDict[str, object]" = OrderedDict()
+        self._scalers: "OrderedDict[str, Optional[torch.amp.GradScaler]]" = OrderedDict()
         self._writer = None
 
-    def register_model(self, name: str = "model", model: Optional[nn.Module] = None, optim=None, sched=None) -> None:
-        """Register `model` (and its optimizer / scheduler) under `name`, which is also its checkpoint folder."""
+    def register_model(self, name: str = "model", model: Optional[nn.Module] = None, optim=None, sched=None,
+                       scaler: Optional[torch.amp.GradScaler] = None) -> None:
+        """Register `model` (and its optimizer / scheduler, and the GradScaler of a mixed-precision run) under
+        `name`, which is also its checkpoint folder; all of their states are checkpointed."""
         if self.__dict__.get("_models") is None:
             raise AttributeError("Cannot assign model before super().__init__() call")
         if self.__dict__.get("_optims") is None:
@@ -72,6 +76,7 @@ class TrainerBase:
         self._models[name] = model
         self._optims[name] = optim
         self._scheds[name] = sched
+        self._scalers[name] = scaler
 
     def get_model_names(self, names: Union[None, str, List[str]] = None) -> List[str]:
         registered = list(self._models.keys())
@@ -94,12 +99,15 @@ class TrainerBase:
     def _write_checkpoints(self, epoch: int, directory: str, is_best: bool, val_result, model_name: str) -> None:
         rng_state = capture_rng_state()
         for name in self.get_model_names():
-            optim, sched = self._optims[name], self._scheds[name]
+            optim, sched, scaler = self._optims[name], self._scheds[name], self._scalers[name]
             state = {
                 "state_dict": trainable_state_dict(self._models[name]),
                 "epoch": epoch + 1,
                 "optimizer": optim.state_dict() if optim is not None else None,
                 "scheduler": sched.state_dict() if sched is not None else None,
+                # the loss scale and its growth counter: without them a resumed amp run restarts at the
+                # initial scale and skips steps the uninterrupted run took
+                "grad_scaler": scaler.state_dict() if scaler is not None else None,
                 "val_result": val_result,
                 "rng_state": rng_state,
                 # best_val runs compare later epochs against it, so a resumed run must know it
@@ -135,7 +143,8 @@ class TrainerBase:
                         f'"{path}" is of epoch {checkpoint["epoch"]} but the other models resume from epoch '
                         f"{start_epoch}; delete {directory} to train from scratch"
                     )
-            restore_checkpoint(checkpoint, path, self._models[name], self._optims[name], self._scheds[name])
+            restore_checkpoint(checkpoint, path, self._models[name], self._optims[name], self._scheds[name],
+                               self._scalers[name])
             if checkpoint.get("best_val_result") is not None:
                 self.best_result = checkpoint["best_val_result"]
         return start_epoch
@@ -176,14 +185,15 @@ class TrainerBase:
                 self._scheds[name].step()
 
     def detect_anomaly(self, loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss).all():
-            where = ""
-            if hasattr(self, "batch_idx"):
-                where = f" at epoch [{self.epoch + 1}/{self.max_epoch}] batch [{self.batch_idx + 1}/{self.num_batches}]"
-            raise FloatingPointError(
-                f"Loss is infinite or NaN!{where}; training stopped, earlier checkpoints are kept (lower OPTIM.LR or "
-                "use TRAINER.<NAME>.PREC fp32/amp)"
-            )
+        """Raise at once when `loss` is NaN or inf on any process (all processes agree, so none is left waiting
+        in a gradient all-reduce). It reads the loss on the host: the epoch loop's own check of the returned
+        loss summary (dassl/engine/loss_log.py) does not, and is what the project's trainers rely on."""
+        total = average_over_processes(loss.detach().float().sum().reshape(1))
+        if not torch.isfinite(total).all():
+            if not hasattr(self, "batch_idx"):
+                raise FloatingPointError("Loss is infinite or NaN!; training stopped")
+            raise nonfinite_loss_error(self.epoch, self.max_epoch, self.batch_idx, self.num_batches,
+                                       loss_detail("loss", total.item()))
 
     def init_writer(self, log_dir: str) -> None:
         if self.__dict__.get("_writer") is None:
@@ -392,24 +402,16 @@ class SimpleTrainer(TrainerBase):
         return self.model(input)
 
     def parse_batch_test(self, batch):
-        return batch["img"].to(self.device), batch["label"].to(self.device)
+        return self.to_device(batch["img"]), self.to_device(batch["label"])
+
+    def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the training device; asynchronous from the pinned batches the loaders give with CUDA
+        (a copy from unpinned memory simply completes before returning)."""
+        return tensor.to(self.device, non_blocking=True)
 
     def get_current_lr(self, names=None) -> float:
         name = self.get_model_names(names)[0]
         return self._optims[name].param_groups[0]["lr"]
-
-
-def _check_finite(loss_summary, epoch: int, max_epoch: int, batch_idx: int, num_batches: int) -> None:
-    # official trainers back-propagate themselves (no detect_anomaly), so a diverged run is caught here
-    if not isinstance(loss_summary, dict):
-        return
-    for key, value in loss_summary.items():
-        number = value.detach().float().sum().item() if isinstance(value, torch.Tensor) else value
-        if isinstance(number, (int, float)) and not math.isfinite(number):
-            raise FloatingPointError(
-                f"{key} is {number} at epoch [{epoch + 1}/{max_epoch}] batch [{batch_idx + 1}/{num_batches}];"
-                " training stopped (lower OPTIM.LR or use TRAINER.<NAME>.PREC fp32/amp)"
-            )
 
 
 class TrainerX(SimpleTrainer):
@@ -422,16 +424,19 @@ class TrainerX(SimpleTrainer):
         data_time = AverageMeter()
         self.num_batches = len(self.train_loader_x)
         print_freq = self.cfg.TRAIN.PRINT_FREQ
+        pending = PendingLosses()  # read on the host only at log lines (dassl/engine/loss_log.py)
 
         end = time.time()
         for self.batch_idx, batch in enumerate(self.train_loader_x):
             data_time.update(time.time() - end)
             loss_summary = self.forward_backward(batch)
             batch_time.update(time.time() - end)
-            _check_finite(loss_summary, self.epoch, self.max_epoch, self.batch_idx, self.num_batches)
-            losses.update(loss_summary)
+            pending.add(self.batch_idx, self.get_current_lr(), loss_summary)
 
-            if (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq:
+            print_now = (self.batch_idx + 1) % print_freq == 0 or self.num_batches < print_freq
+            if print_now or self.batch_idx + 1 == self.num_batches:
+                self.log_steps(pending.read(self.device), losses)
+            if print_now:
                 remaining = self.num_batches - self.batch_idx - 1 + (self.max_epoch - self.epoch - 1) * self.num_batches
                 eta = datetime.timedelta(seconds=int(batch_time.avg * remaining))
                 print(
@@ -443,15 +448,18 @@ class TrainerX(SimpleTrainer):
                     f"lr {self.get_current_lr():.4e} "
                     f"eta {eta}"
                 )
-
-            n_iter = self.epoch * self.num_batches + self.batch_idx
-            for name, meter in losses.meters.items():
-                self.write_scalar("train/" + name, meter.avg, n_iter)
-            self.write_scalar("train/lr", self.get_current_lr(), n_iter)
             end = time.time()
 
+    def log_steps(self, steps: List[LoggedStep], losses: MetricMeter) -> None:
+        """Stop on a non-finite loss (official trainers back-propagate themselves, without detect_anomaly, so a
+        diverged run is caught here), else add each step to the running averages and to tensorboard."""
+        for step in steps:
+            check_finite(step, self.epoch, self.max_epoch, self.num_batches)
+            losses.update(step.values)
+            n_iter = self.epoch * self.num_batches + step.batch_idx
+            for name, meter in losses.meters.items():
+                self.write_scalar("train/" + name, meter.avg, n_iter)
+            self.write_scalar("train/lr", step.lr, n_iter)
+
     def parse_batch_train(self, batch):
-        input = batch["img"].to(self.device)
-        label = batch["label"].to(self.device)
-        domain = batch["domain"].to(self.device)
-        return input, label, domain
+        return self.to_device(batch["img"]), self.to_device(batch["label"]), self.to_device(batch["domain"])

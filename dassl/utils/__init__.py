@@ -11,6 +11,7 @@ from .tools import (
     mkdir_if_missing,
     read_image,
     read_json,
+    set_cuda_math,
     set_random_seed,
     tolist_if_not,
     write_json,

@@ -44,6 +44,7 @@ class LaunchEnv:
     world_size: int
     local_rank: int
     source: str  # "torchrun" or "SLURM"
+    local_world_size: int = 1  # processes on this node (torchrun's LOCAL_WORLD_SIZE; not used under SLURM)
 
 
 def _int_var(environ: Mapping[str, str], name: str) -> int:
@@ -75,6 +76,7 @@ def read_launch_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
                 )
         rank = _int_var(environ, "RANK")
         local_rank = _int_var(environ, "LOCAL_RANK") if "LOCAL_RANK" in environ else rank
+        local_world_size = _int_var(environ, "LOCAL_WORLD_SIZE") if "LOCAL_WORLD_SIZE" in environ else 1
         source = "torchrun"
     elif "SLURM_STEP_ID" in environ and "SLURM_PROCID" in environ and "SLURM_NTASKS" in environ:
         world_size = _int_var(environ, "SLURM_NTASKS")
@@ -89,32 +91,53 @@ def read_launch_env(environ: Optional[Mapping[str, str]] = None) -> Optional[Lau
             )
         rank = _int_var(environ, "SLURM_PROCID")
         local_rank = _int_var(environ, "SLURM_LOCALID") if "SLURM_LOCALID" in environ else 0
+        local_world_size = 1
         source = "SLURM"
     else:
         return None
     if not 0 <= rank < world_size:
         raise DistributedSetupError(f"rank {rank} is outside 0..{world_size - 1} (from {source}'s environment)")
-    return LaunchEnv(rank=rank, world_size=world_size, local_rank=local_rank, source=source)
+    return LaunchEnv(rank=rank, world_size=world_size, local_rank=local_rank, source=source,
+                     local_world_size=local_world_size)
+
+
+def local_gpu_index(launch: LaunchEnv, device_count: int) -> int:
+    """The index, among the GPUs this process sees, of the one it drives. A process that sees a single GPU
+    drives it whatever its local rank: SLURM with --gpus-per-task=1 or --gpu-bind gives every task its own
+    GPU as device 0, and processes sharing one GPU (CUDA_VISIBLE_DEVICES with one entry) share device 0.
+    Otherwise the processes of a node see all of its GPUs and each takes the one of its local rank."""
+    if device_count == 1:
+        return 0
+    if launch.local_rank >= device_count:
+        raise DistributedSetupError(
+            f"local rank {launch.local_rank} has no GPU: this process sees {device_count} GPUs; start at most that "
+            "many processes per node (torchrun --nproc_per_node, or SLURM --ntasks-per-node), or give each task "
+            "its own GPU (SLURM --gpus-per-task=1)"
+        )
+    return launch.local_rank
+
+
+def shares_one_gpu(launch: LaunchEnv, device_count: int) -> bool:
+    """Whether several processes of this node drive the same GPU: torchrun started them all with one visible
+    GPU. NCCL refuses two ranks on one device, so such a run sends its CUDA tensors through gloo (fine for
+    testing, slow for training)."""
+    return device_count == 1 and launch.source == "torchrun" and launch.local_world_size > 1
 
 
 def init_distributed(use_cuda: bool, environ: Optional[Mapping[str, str]] = None) -> Optional[LaunchEnv]:
     """Join the process group the launcher describes (no-op and None for a single process).
 
-    With CUDA each process drives the GPU of its LOCAL_RANK: NCCL carries the CUDA tensors (gradients), gloo
+    With CUDA each process drives one GPU (`local_gpu_index`): NCCL carries the CUDA tensors (gradients), gloo
     the CPU ones (data order, evaluation records). Without CUDA everything goes through gloo."""
     launch = read_launch_env(environ)
     if launch is None or is_distributed():
         return launch
+    backend = "gloo"
     if use_cuda and torch.cuda.is_available():
-        if launch.local_rank >= torch.cuda.device_count():
-            raise DistributedSetupError(
-                f"local rank {launch.local_rank} has no GPU: this node has {torch.cuda.device_count()}; start at most "
-                "that many processes per node (torchrun --nproc_per_node, or SLURM --ntasks-per-node)"
-            )
-        torch.cuda.set_device(launch.local_rank)
-        backend = "cpu:gloo,cuda:nccl"
-    else:
-        backend = "gloo"
+        device_count = torch.cuda.device_count()
+        torch.cuda.set_device(local_gpu_index(launch, device_count))
+        if not shares_one_gpu(launch, device_count):
+            backend = "cpu:gloo,cuda:nccl"
     dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size)
     return launch
 
@@ -170,6 +193,16 @@ def all_gather_objects(obj: Any) -> List[Any]:
     gathered: List[Any] = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+def average_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise mean of `tensor` over the processes (`tensor` itself when not distributed). A NaN or
+    inf on any process makes that element non-finite on every process, which is how they agree to stop."""
+    if not is_distributed():
+        return tensor
+    total = tensor.clone()
+    dist.all_reduce(total, op=dist.ReduceOp.SUM)
+    return total / get_world_size()
 
 
 def agree_on_seed(seed: int) -> int:

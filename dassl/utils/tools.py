@@ -17,6 +17,19 @@ from PIL import Image
 from .atomic import write_json_atomic
 
 
+def set_cuda_math(exact_fp32: bool) -> None:
+    """How CUDA computes fp32. Fast (default, as the official code): cuDNN benchmarks its convolution algorithms
+    on the first call of each shape and picks the fastest, and convolutions run in TF32 (torch's default) on
+    Ampere and newer GPUs: a 10-bit mantissa inside fp32 convolutions (CLIP's patch embedding, ResNet layers),
+    so "fp32" is not bit-exact there and the chosen algorithm can vary between runs. Exact: IEEE fp32 in
+    convolutions and matrix products, no algorithm search, deterministic cuDNN algorithms. Only the flags
+    torch has had since 1.12 are written, so this works on every supported version."""
+    torch.backends.cudnn.benchmark = not exact_fp32
+    torch.backends.cudnn.deterministic = exact_fp32
+    torch.backends.cudnn.allow_tf32 = not exact_fp32
+    torch.backends.cuda.matmul.allow_tf32 = False  # torch's default: fp32 matrix products are IEEE fp32
+
+
 def mkdir_if_missing(dirname: str) -> None:
     """Create `dirname` (and parents); an existing directory is fine."""
     if not osp.exists(dirname):

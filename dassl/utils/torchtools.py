@@ -127,22 +127,35 @@ def _refused_class(error: pickle.UnpicklingError) -> bool:
 
 
 def _torch_load(fpath: str) -> Any:
-    # weights_only first; an official Dassl file (pickled scheduler objects) needs the allow-list
-    map_location = None if torch.cuda.is_available() else "cpu"
+    # Always onto the CPU: a checkpoint holds megabytes of prompts, which load_state_dict then copies onto
+    # each model's own device. Loading "as saved" would put rank 0's cuda:0 tensors on GPU 0 in every process
+    # of a distributed run (and on the GPU in a --cpu run). weights_only first; an official Dassl file
+    # (pickled scheduler objects) needs the allow-list.
     try:
-        return torch.load(fpath, map_location=map_location, weights_only=True)
+        return torch.load(fpath, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if not _refused_class(error):
             raise  # damaged bytes, not a class outside the default allow-list
     with torch.serialization.safe_globals(DASSL_CHECKPOINT_GLOBALS):
-        return torch.load(fpath, map_location=map_location, weights_only=True)
+        return torch.load(fpath, map_location="cpu", weights_only=True)
+
+
+# Messages of load failures that come from the machine (memory, a busy or failing device), not from the file.
+_MACHINE_FAILURE = re.compile(r"out of memory|can't allocate memory|CUDA error|CUDA-capable device|busy or unavailable",
+                              re.IGNORECASE)
+
+
+def _is_machine_failure(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError) or bool(_MACHINE_FAILURE.search(str(error)))
 
 
 def load_checkpoint(fpath: Optional[str]) -> Dict[str, Any]:
-    """Load a checkpoint with weights_only=True (official Dassl files through the allow-list above).
+    """Load a checkpoint onto the CPU with weights_only=True (official Dassl files through the allow-list above).
 
     Raises FileNotFoundError when it is missing, pickle.UnpicklingError when it names a class outside the
     allow-list (never executed), and CheckpointError naming the file when it is empty, truncated or corrupt.
+    A failure of the machine rather than the file (out of memory, a device error) is raised as it is, so
+    that a good checkpoint is never reported as damaged nor skipped on resume.
     """
     if fpath is None:
         raise ValueError("File path is None")
@@ -161,6 +174,8 @@ def load_checkpoint(fpath: Optional[str]) -> Dict[str, Any]:
             ) from error
         raise CheckpointError(f'Checkpoint "{fpath}" is truncated or corrupt ({error}); delete it') from error
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
+        if _is_machine_failure(error):
+            raise
         raise CheckpointError(
             f'Checkpoint "{fpath}" is truncated or corrupt ({type(error).__name__}: {error}); delete it'
         ) from error
@@ -215,9 +230,10 @@ def load_resume_checkpoint(fdir: str, at_most_epoch: Optional[int] = None) -> Tu
     )
 
 
-def restore_checkpoint(checkpoint: Dict[str, Any], source: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
-    """Load a checkpoint's weights, optimizer and scheduler state and RNG states (when stored); returns its
-    epoch, i.e. the number of finished epochs."""
+def restore_checkpoint(checkpoint: Dict[str, Any], source: str, model: nn.Module, optimizer=None, scheduler=None,
+                       scaler=None) -> int:
+    """Load a checkpoint's weights, optimizer, scheduler and GradScaler state and RNG states (when stored);
+    returns its epoch, i.e. the number of finished epochs."""
     print(f'Loading checkpoint from "{source}"')
     load_trainable_state_dict(model, checkpoint["state_dict"], source)
     print("Loaded model weights")
@@ -227,6 +243,14 @@ def restore_checkpoint(checkpoint: Dict[str, Any], source: str, model: nn.Module
     if scheduler is not None and checkpoint.get("scheduler") is not None:
         scheduler.load_state_dict(checkpoint["scheduler"])
         print("Loaded scheduler")
+    if scaler is not None:
+        if checkpoint.get("grad_scaler"):
+            scaler.load_state_dict(checkpoint["grad_scaler"])
+            print("Loaded GradScaler")
+        else:
+            warnings.warn(f'Checkpoint "{source}" holds no GradScaler state (saved by an older version or without amp): '
+                          "the loss scale restarts at its initial value, so the resumed run can differ slightly "
+                          "from an uninterrupted one")
     if checkpoint.get("rng_state") is not None:
         restore_rng_state(checkpoint["rng_state"])
     start_epoch = checkpoint["epoch"]
@@ -234,11 +258,11 @@ def restore_checkpoint(checkpoint: Dict[str, Any], source: str, model: nn.Module
     return start_epoch
 
 
-def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None) -> int:
-    """Resume model / optimizer / scheduler (and RNG states) from the newest usable checkpoint in `fdir`
-    (the one `<fdir>/checkpoint` names, else the newest older one); returns the number of finished epochs."""
+def resume_from_checkpoint(fdir: str, model: nn.Module, optimizer=None, scheduler=None, scaler=None) -> int:
+    """Resume model / optimizer / scheduler / GradScaler (and RNG states) from the newest usable checkpoint in
+    `fdir` (the one `<fdir>/checkpoint` names, else the newest older one); returns the number of finished epochs."""
     path, checkpoint = load_resume_checkpoint(fdir)
-    return restore_checkpoint(checkpoint, path, model, optimizer, scheduler)
+    return restore_checkpoint(checkpoint, path, model, optimizer, scheduler, scaler)
 
 
 def missing_model_message(directory: str, name: str, model_file: str) -> str:
