@@ -85,3 +85,25 @@ def test_bad_inputs_name_the_valid_choices():
     assert len(set(load_classnames(1000))) == 998  # CLIP's list names "missile" and "sunglasses" twice
     with pytest.raises(ValueError, match="ViT-B/16"):
         build_cfg(Spec("MaPLe", DEMO_MAPLE, "ViT-Huge", 3, "train"))
+
+
+def test_ablation_test_pass_and_floor_columns(tmp_path):
+    out = tmp_path / "bench.json"
+    report = bench_trainers.main(
+        ["--arch", "ViT-Tiny", "--config-file", DEMO_MAPLE, "--train-classes", "3", "--eval-classes",
+         "--test-classes", "4", "--warmup", "0", "--steps", "1", "--eval-images", "60", "--device", "cpu",
+         "--ablate", "SHARED_PREFIX", "--floor", "--json", str(out)])
+    train, test = report["table"]
+    assert test["phase"] == "test" and test["unit"] == "images/s"
+    assert [r["images"] for r in report["runs"] if r["spec"]["phase"] == "test"] == [100, 100]  # 2 batches of 50
+    for row in (train, test):
+        without = row["ablations"]["without SHARED_PREFIX"]
+        assert without["gain"] == bench_trainers._ratio(row["phase"], row["ours"]["value"], without["value"])
+        floor = row["ours"]["floor"]
+        assert floor["flops"] > 0 and floor["matmul_gflops"] > 0 and floor["times_floor"] > 0
+    runs = {(r["spec"]["phase"], bench_trainers.path_name(r["spec"])): r for r in report["runs"]}
+    assert runs[("train", "without SHARED_PREFIX")]["spec"]["disabled"] == ["SHARED_PREFIX"]
+    # the shared prefix is encoded once instead of once per class: less counted work
+    assert runs[("train", "ours")]["flops"] < runs[("train", "without SHARED_PREFIX")]["flops"]
+    with pytest.raises(ValueError, match="unknown speed-up"):
+        build_cfg(Spec("MaPLe", DEMO_MAPLE, "ViT-Tiny", 3, "train", disabled=["NOPE"]))
