@@ -3,7 +3,8 @@
 Parameter names are OpenAI's, so their checkpoints load strictly. Prompts enter through arguments, never
 through per-method transformer blocks:
 - text: `encode_text_embeddings(embeddings, eot_indices, deep_prompts)`; deep prompt k replaces positions
-  1 .. 1+n (right after SOS) at the input of block k+1;
+  1 .. 1+n (right after SOS) at the input of block k+1; a `TextPlan` (clip/text_plan.py) says which
+  positions are computed: each row cut after its EOT, and the prefix all rows share encoded once;
 - vision: `encode_image(image, prompts, deep_prompts)`; shallow prompts are appended after the class and
   patch tokens (after the positional embedding, before ln_pre) and deep prompt k replaces those last n
   tokens at the input of block k+1.
@@ -237,7 +238,8 @@ class Transformer(nn.Module):
                              f"layers: at most {self.layers - 1} (layers 1..{self.layers - 1}) can take them")
         kvs = []
         for index, block in enumerate(self.resblocks):
-            if 1 <= index <= len(deep_prompts):
+            # (a prompt of no tokens, e.g. one wholly inside a shared prefix, leaves x as it is: no copy)
+            if 1 <= index <= len(deep_prompts) and deep_prompts[index - 1].shape[-2]:
                 prompt = _broadcast_prompt(deep_prompts[index - 1], x.shape[0], x, f"deep prompt {index - 1}")
                 end = prompt_start + prompt.shape[1]
                 x = torch.cat([x[:, :prompt_start], prompt, x[:, end:]], dim=1)
