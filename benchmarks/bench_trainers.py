@@ -86,7 +86,8 @@ def plan(args: argparse.Namespace) -> list[Spec]:
         raise SystemExit("nothing to measure: give --train-classes, --eval-classes and/or --test-classes")
     device = resolve_device(args.device)
     return [Spec(args.trainer, config_file, args.arch, classes, phase, plain, args.prec, args.warmup, args.steps,
-                 args.eval_images, device, opts=list(args.opts), disabled=disabled, count_flops=args.floor)
+                 args.eval_images, device, opts=list(args.opts), disabled=disabled,
+                 count_flops=args.floor and not plain and not disabled)  # the floor line is ours
             for _ in range(args.repeats) for phase, classes in phases for plain, disabled in paths]
 
 
