@@ -20,7 +20,9 @@ from typing import Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSNAMES_FILE = os.path.join(REPO, "benchmarks", "imagenet_classnames.txt")
-PHASES = ("train", "eval")
+# train: a training step; eval: images/s after the first evaluation batch; test: one whole `trainer.test()`
+# pass over a fixed number of images (the once-per-evaluation class features included, building excluded).
+PHASES = ("train", "eval", "test")
 
 
 @dataclass
@@ -40,6 +42,8 @@ class Spec:
     device: str = "cpu"
     seed: int = 1
     opts: list = field(default_factory=list)  # extra KEY VALUE config overrides (applied last)
+    disabled: list = field(default_factory=list)  # TRAINER.SPEEDUPS keys switched off: "all speed-ups but these"
+    count_flops: bool = False  # also count the measured work's floating-point operations (one more untimed run)
 
 
 def load_classnames(count: int, path: str = CLASSNAMES_FILE) -> list[str]:
@@ -89,6 +93,12 @@ def build_cfg(spec: Spec):
     if spec.plain:
         cfg.defrost()
         cfg.merge_from_list(plain_opts(cfg))
+    if spec.disabled:
+        unknown = [key for key in spec.disabled if key not in cfg.TRAINER.SPEEDUPS]
+        if unknown:
+            raise ValueError(f"unknown speed-up(s) {unknown}; valid: {', '.join(cfg.TRAINER.SPEEDUPS)}")
+        cfg.defrost()
+        cfg.merge_from_list([item for key in spec.disabled for item in (f"TRAINER.SPEEDUPS.{key}", "False")])
     if spec.opts:
         cfg.defrost()
         cfg.merge_from_list(list(spec.opts))
@@ -185,6 +195,75 @@ def time_evaluation(trainer, cfg, images: int) -> dict:
             "cpu_seconds": elapsed_cpu, "images_per_cpu_s": images / elapsed_cpu, "batch_size": batch_size}
 
 
+def time_test_pass(trainer, cfg, images: int) -> dict:
+    """Seconds of one whole `trainer.test()` over ceil(images / TEST.BATCH_SIZE) batches of random images:
+    what an evaluation costs after the model is built, the once-per-evaluation class features included."""
+    import torch
+
+    batch_size = cfg.DATALOADER.TEST.BATCH_SIZE
+    n_batches = max(1, math.ceil(images / batch_size))
+    batch = {"img": random_images(batch_size, cfg.INPUT.SIZE[0], "cpu", cfg.SEED),
+             "label": torch.arange(batch_size) % trainer.num_classes}
+    trainer.test_loader = [batch] * n_batches
+    _synchronize(trainer.device)
+    start, start_cpu = time.perf_counter(), time.process_time()
+    trainer.test()
+    _synchronize(trainer.device)
+    elapsed, elapsed_cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    images = n_batches * batch_size
+    return {"images": images, "seconds": elapsed, "images_per_s": images / elapsed, "cpu_seconds": elapsed_cpu,
+            "images_per_cpu_s": images / elapsed_cpu, "batch_size": batch_size}
+
+
+def counted_flops(run) -> int:
+    """Floating-point operations (2 per multiply-add) of the matrix products, convolutions and attention
+    that `run()` performs, backward included (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        run()
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device, size: int = 2048, repeats: int = 5) -> float:
+    """The best rate of a large fp32 matrix product on this machine (GFLOP/s): the floor's yardstick."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=generator).to(device) for _ in range(2))
+    best = float("inf")
+    for _ in range(repeats):
+        _synchronize(device)
+        start = time.perf_counter()
+        a @ b
+        _synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def measured_work_flops(trainer, cfg, phase: str, images: int) -> int:
+    """FLOPs of what the phase timed: one training step; one evaluation batch after the first (eval); the
+    whole test pass = the first batch (class features included) + the later batches (test)."""
+    import torch
+
+    if phase == "train":
+        batch_size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+        batch = {"img": random_images(batch_size, cfg.INPUT.SIZE[0], "cpu", cfg.SEED),
+                 "label": torch.arange(batch_size) % trainer.num_classes}
+        trainer.set_model_mode("train")
+        return counted_flops(lambda: trainer.forward_backward(batch))
+    batch_size = cfg.DATALOADER.TEST.BATCH_SIZE
+    batch = random_images(batch_size, cfg.INPUT.SIZE[0], trainer.device, cfg.SEED)
+    trainer.set_model_mode("eval")
+    if hasattr(trainer.model, "_cache"):
+        trainer.model._cache = None  # a cold first batch
+    with torch.no_grad():
+        first = counted_flops(lambda: trainer.model_inference(batch))
+        later = counted_flops(lambda: trainer.model_inference(batch))
+    n_batches = max(1, math.ceil(images / batch_size))
+    return later * n_batches if phase == "eval" else first + later * (n_batches - 1)
+
+
 def _status_bytes(field_name: str) -> Optional[int]:
     """A "kB" field of /proc/self/status (Linux), in bytes; None elsewhere."""
     try:
@@ -256,9 +335,14 @@ def measure(spec: Spec) -> dict:
         wall, cpu = time_training(trainer, cfg, spec.warmup, spec.steps)
         result.update(step_times_s=wall, step_s=statistics.median(wall), step_cpu_times_s=cpu,
                       step_cpu_s=statistics.median(cpu))
-    else:
+    elif spec.phase == "eval":
         result.update(time_evaluation(trainer, cfg, spec.eval_images))
+    else:
+        result.update(time_test_pass(trainer, cfg, spec.eval_images))
     result.update(peak_memory(trainer.device), machine=machine(trainer.device))
+    if spec.count_flops:
+        result["flops"] = measured_work_flops(trainer, cfg, spec.phase, spec.eval_images)
+        result["matmul_gflops"] = matmul_gflops(trainer.device)
     return result
 
 

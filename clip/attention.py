@@ -38,12 +38,18 @@ def fused_attention(enabled: bool) -> Iterator[None]:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """Attention over [..., L, d] tensors. `causal` masks key j > query i (queries and keys aligned at 0)."""
+    """Attention over [..., L, d] tensors. `causal` masks key j > query i, with the queries aligned to the
+    last keys: with more keys than queries (a shared prefix's keys first), query i sits at key position
+    n_k - n_q + i and sees every prefix key."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
     if _fused_enabled:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
-    scores = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        if not causal or n_q == n_k:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        visible = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril_(n_k - n_q)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    # Scale q before the product (as the fused kernels do): q @ k^T itself can overflow fp16.
+    scores = (q * (1.0 / math.sqrt(q.shape[-1]))) @ k.transpose(-2, -1)
     if causal:
-        n_q, n_k = q.shape[-2], k.shape[-2]
-        mask = torch.full((n_q, n_k), float("-inf"), dtype=scores.dtype, device=scores.device).triu_(1)
+        mask = torch.full((n_q, n_k), float("-inf"), dtype=scores.dtype, device=scores.device).triu_(1 + n_k - n_q)
         scores = scores + mask
     return scores.softmax(dim=-1) @ v

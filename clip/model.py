@@ -3,7 +3,8 @@
 Parameter names are OpenAI's, so their checkpoints load strictly. Prompts enter through arguments, never
 through per-method transformer blocks:
 - text: `encode_text_embeddings(embeddings, eot_indices, deep_prompts)`; deep prompt k replaces positions
-  1 .. 1+n (right after SOS) at the input of block k+1;
+  1 .. 1+n (right after SOS) at the input of block k+1; a `TextPlan` (clip/text_plan.py) says which
+  positions are computed: each row cut after its EOT, and the prefix all rows share encoded once;
 - vision: `encode_image(image, prompts, deep_prompts)`; shallow prompts are appended after the class and
   patch tokens (after the positional embedding, before ln_pre) and deep prompt k replaces those last n
   tokens at the input of block k+1.
@@ -16,6 +17,7 @@ import contextlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -24,34 +26,66 @@ from torch.utils.checkpoint import checkpoint
 
 from .attention import attention, fused_attention, fused_attention_enabled, set_fused_attention
 from .resnet import ModifiedResNet
+from .text_plan import TextPlan, plan_text
+
+KeysValues = tuple[torch.Tensor, torch.Tensor]
 
 __all__ = [
     "CLIP", "CLIPConfig", "LayerNorm", "QuickGELU", "ResidualAttentionBlock", "SelfAttention", "Transformer",
     "VisionTransformer", "build_model", "convert_weights", "fused_attention", "fused_attention_enabled",
-    "infer_config", "set_fused_attention", "set_text_truncation", "text_truncation", "text_truncation_enabled",
+    "TextPlan", "infer_config", "plan_text", "set_fused_attention", "set_shared_prefix", "set_text_truncation",
+    "shared_prefix", "shared_prefix_enabled", "text_truncation", "text_truncation_enabled",
 ]
 
-_truncation_enabled = True
+class _Switch:
+    """A process-wide default with a context manager that restores the previous value on exit."""
+
+    def __init__(self) -> None:
+        self.enabled = True
+
+    def set(self, enabled: bool) -> None:
+        self.enabled = bool(enabled)
+
+    @contextlib.contextmanager
+    def scope(self, enabled: bool) -> Iterator[None]:
+        previous = self.enabled
+        self.set(enabled)
+        try:
+            yield
+        finally:
+            self.set(previous)
+
+
+_truncation = _Switch()
+_prefix_sharing = _Switch()
 
 
 def set_text_truncation(enabled: bool) -> None:
     """Default for `truncate` in the text encoders: drop positions after the longest EOT (True, default)."""
-    global _truncation_enabled
-    _truncation_enabled = bool(enabled)
+    _truncation.set(enabled)
 
 
 def text_truncation_enabled() -> bool:
-    return _truncation_enabled
+    return _truncation.enabled
 
 
-@contextlib.contextmanager
-def text_truncation(enabled: bool) -> Iterator[None]:
-    previous = _truncation_enabled
-    set_text_truncation(enabled)
-    try:
-        yield
-    finally:
-        set_text_truncation(previous)
+def text_truncation(enabled: bool) -> contextlib.AbstractContextManager:
+    return _truncation.scope(enabled)
+
+
+def set_shared_prefix(enabled: bool) -> None:
+    """Default for `share_prefix` in the text encoders: compute the leading positions that every row holds
+    identically once (True, default). Only for encodes without a `TextPlan` and without gradients into the
+    rows; see `CLIP.encode_text_embeddings`."""
+    _prefix_sharing.set(enabled)
+
+
+def shared_prefix_enabled() -> bool:
+    return _prefix_sharing.enabled
+
+
+def shared_prefix(enabled: bool) -> contextlib.AbstractContextManager:
+    return _prefix_sharing.scope(enabled)
 
 
 class LayerNorm(nn.LayerNorm):
@@ -80,12 +114,21 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool, prefix_kv: Optional[KeysValues] = None) -> torch.Tensor:
+        return self.forward_keeping_kv(x, causal, prefix_kv)[0]
+
+    def forward_keeping_kv(self, x: torch.Tensor, causal: bool,
+                           prefix_kv: Optional[KeysValues] = None) -> tuple[torch.Tensor, KeysValues]:
+        """(output, this input's keys and values [N, heads, L, d]). `prefix_kv`: keys and values of a shared
+        prefix [N, heads, P, d] that the queries attend to before their own (causal: queries follow it)."""
         batch, length, width = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
-        out = attention(q, k, v, causal=causal)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width))
+        keys, values = k, v
+        if prefix_kv is not None:
+            keys, values = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
+        out = attention(q, keys, values, causal=causal)
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width)), (k, v)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -100,9 +143,14 @@ class ResidualAttentionBlock(nn.Module):
         ]))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), causal)
-        return x + self.mlp(self.ln_2(x))
+    def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KeysValues] = None,
+                keep_kv: bool = False) -> torch.Tensor | tuple[torch.Tensor, KeysValues]:
+        """The block's output; with `keep_kv`, (output, the keys and values its attention computed from x).
+        `prefix_kv`: a shared prefix's keys and values that x's queries attend to first (SelfAttention)."""
+        attended, kv = self.attn.forward_keeping_kv(self.ln_1(x), causal, prefix_kv)
+        x = x + attended
+        x = x + self.mlp(self.ln_2(x))
+        return (x, kv) if keep_kv else x
 
 
 def _broadcast_prompt(prompt: torch.Tensor, batch: int, like: torch.Tensor, what: str) -> torch.Tensor:
@@ -116,41 +164,35 @@ def _broadcast_prompt(prompt: torch.Tensor, batch: int, like: torch.Tensor, what
     return prompt.to(dtype=like.dtype, device=like.device)
 
 
-def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool) -> torch.Tensor:
+def _equal_leading_positions(embeddings: torch.Tensor, deep_prompts: Sequence[torch.Tensor]) -> int:
+    """How many leading positions hold the same values in every row, deep prompts included (one host sync)."""
+    same = (embeddings == embeddings[:1]).all(dim=2).all(dim=0)
+    for prompt in deep_prompts:
+        if prompt.dim() == 3:
+            n = min(prompt.shape[1], len(same) - 1)
+            same[1:1 + n] &= (prompt[:, :n] == prompt[:1, :n]).all(dim=2).all(dim=0)
+    return int(same.long().cumprod(0).sum())
+
+
+def _kv_for_rows(kv: KeysValues, owner: Optional[torch.Tensor], rows: int) -> KeysValues:
+    """A prefix's keys and values [G, heads, P, d] for `rows` rows: broadcast (one prefix) or gathered by
+    each row's prefix group `owner`."""
+    if owner is None:
+        return kv[0].expand(rows, -1, -1, -1), kv[1].expand(rows, -1, -1, -1)
+    return kv[0][owner], kv[1][owner]
+
+
+def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool,
+                        prefix_kv: Optional[KeysValues]) -> torch.Tensor:
     # The recomputation runs in backward, outside the caller's `fused_attention` context: pass the
     # attention path chosen now so that the recomputed activations are the ones of the forward pass.
     fused = fused_attention_enabled()
 
-    def run(inputs: torch.Tensor) -> torch.Tensor:
+    def run(inputs: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
         with fused_attention(fused):
-            return block(inputs, causal)
+            return block(inputs, causal, kv or None)
 
-    return checkpoint(run, x, use_reentrant=False)
-
-
-# A text-encoder call costs about as much as this many extra token positions (kernel launches, small
-# matrix products), so rows are split into length groups only where that saves more positions.
-_GROUP_COST_IN_POSITIONS = 256
-
-
-def _length_groups(lengths: torch.Tensor) -> list[torch.Tensor]:
-    """Row indices grouped by length (contiguous ranges of the sorted lengths) so that the positions
-    computed, sum(rows x longest + _GROUP_COST_IN_POSITIONS) over the groups, is smallest (dynamic
-    programming over the distinct lengths). Few or similar rows give one group: plain truncation."""
-    values, counts = (t.tolist() for t in torch.unique(lengths, return_counts=True))
-    best, start = [0] + [float("inf")] * len(values), [0] * (len(values) + 1)
-    for end in range(1, len(values) + 1):
-        rows = 0
-        for first in range(end - 1, -1, -1):  # the last group holds the distinct lengths first..end-1
-            rows += counts[first]
-            cost = best[first] + rows * values[end - 1] + _GROUP_COST_IN_POSITIONS
-            if cost < best[end]:
-                best[end], start[end] = cost, first
-    bounds, end = [], len(values)
-    while end > 0:
-        bounds.append((values[start[end]], values[end - 1]))
-        end = start[end]
-    return [torch.nonzero((lengths >= low) & (lengths <= high)).flatten() for low, high in reversed(bounds)]
+    return checkpoint(run, x, *(prefix_kv or ()), use_reentrant=False)
 
 
 class Transformer(nn.Module):
@@ -177,22 +219,39 @@ class Transformer(nn.Module):
         return self.forward_batch_first(x.transpose(0, 1)).transpose(0, 1)
 
     def forward_batch_first(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor] = (),
-                            prompt_start: int = 1) -> torch.Tensor:
+                            prompt_start: int = 1, prefix_kv: Optional[Sequence[KeysValues]] = None) -> torch.Tensor:
         """x: [N, L, D]. deep_prompts[k] ([n, D] or [N, n, D]) replaces tokens prompt_start .. prompt_start+n
-        at the input of block k+1 (block 0 sees the prompts already in x)."""
+        at the input of block k+1 (block 0 sees the prompts already in x). prefix_kv[k]: the keys and values
+        [N, heads, P, d] of a shared prefix at block k (`keys_values`), which x's queries attend to first."""
+        return self._run_blocks(x, deep_prompts, prompt_start, prefix_kv, keep_kv=False)[0]
+
+    def keys_values(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor] = (),
+                    prompt_start: int = 1) -> list[KeysValues]:
+        """The keys and values [N, heads, L, d] each block computes from x: a shared prefix, passed on as
+        `prefix_kv` to encode the rows that follow it."""
+        return self._run_blocks(x, deep_prompts, prompt_start, None, keep_kv=True)[1]
+
+    def _run_blocks(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor], prompt_start: int,
+                    prefix_kv: Optional[Sequence[KeysValues]], keep_kv: bool) -> tuple[torch.Tensor, list[KeysValues]]:
         if len(deep_prompts) > self.layers - 1:
             raise ValueError(f"{len(deep_prompts)} deep prompts given but this transformer has {self.layers} "
                              f"layers: at most {self.layers - 1} (layers 1..{self.layers - 1}) can take them")
+        kvs = []
         for index, block in enumerate(self.resblocks):
-            if 1 <= index <= len(deep_prompts):
+            # (a prompt of no tokens, e.g. one wholly inside a shared prefix, leaves x as it is: no copy)
+            if 1 <= index <= len(deep_prompts) and deep_prompts[index - 1].shape[-2]:
                 prompt = _broadcast_prompt(deep_prompts[index - 1], x.shape[0], x, f"deep prompt {index - 1}")
                 end = prompt_start + prompt.shape[1]
                 x = torch.cat([x[:, :prompt_start], prompt, x[:, end:]], dim=1)
-            if self.checkpointing and torch.is_grad_enabled():
-                x = _checkpointed_block(block, x, self.causal)
+            layer_kv = None if prefix_kv is None else prefix_kv[index]
+            if keep_kv:  # a shared prefix: few positions, kept whole (no checkpointing)
+                x, kv = block(x, self.causal, keep_kv=True)
+                kvs.append(kv)
+            elif self.checkpointing and torch.is_grad_enabled():
+                x = _checkpointed_block(block, x, self.causal, layer_kv)
             else:
-                x = block(x, self.causal)
-        return x
+                x = block(x, self.causal, layer_kv)
+        return x, kvs
 
 
 class VisionTransformer(nn.Module):
@@ -284,13 +343,24 @@ class CLIP(nn.Module):
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_indices: torch.Tensor,
                                deep_prompts: Sequence[torch.Tensor] | None = None,
-                               truncate: bool | None = None) -> torch.Tensor:
+                               truncate: bool | None = None, *, share_prefix: bool | None = None,
+                               plan: TextPlan | None = None) -> torch.Tensor:
         """embeddings: [N, L, D] token embeddings with prompts inserted, without positional embedding.
         eot_indices: [N] position of each row's EOT token. deep_prompts[k] ([n, D] or [N, n, D]) replaces
-        positions 1..1+n at the input of layer k+1. truncate (default: `text_truncation_enabled()`) computes
-        only positions up to the EOT: the mask is causal and only the EOT row is read, so the features are
-        the same. Rows are encoded in groups of similar length (`_length_groups`), each cut after its own
-        longest EOT, so a few long class names do not make every row long."""
+        positions 1..1+n at the input of layer k+1.
+
+        Two exact speed-ups, both relying on the causal mask and on only the EOT row being read:
+        - truncation (`truncate`, default `text_truncation_enabled()`): rows are encoded in groups of
+          similar length, each cut after its own longest EOT;
+        - a shared prefix (`share_prefix`, default `shared_prefix_enabled()`): the leading positions that
+          every row holds identically are encoded once, and the rows encode only their tails, attending
+          to the prefix's keys and values in every layer.
+        `plan` (a `TextPlan` from `clip.text_plan.plan_text`, made once by a prompt learner) fixes both, and
+        the prefix it states is trusted, gradients included; an encode with a plan does no host-device
+        synchronisation. Without a plan both are read from the inputs (EOT positions copied to the host;
+        the prefix found by comparing the rows' values), and a prefix is shared only when no gradient flows
+        into the rows (evaluation, fixed templates): with gradients, rows whose separate tensors merely have
+        equal values must still get their own gradients, so only the caller can say what is shared."""
         if embeddings.dim() != 3 or embeddings.shape[-1] != self.transformer.width:
             raise ValueError(f"text embeddings have shape {tuple(embeddings.shape)}; expected "
                              f"[N, L, {self.transformer.width}]")
@@ -298,28 +368,60 @@ class CLIP(nn.Module):
             raise ValueError(f"{embeddings.shape[1]} text positions exceed the context length {self.context_length}")
         deep_prompts = list(deep_prompts or ())
         eot_indices = eot_indices.to(device=embeddings.device, dtype=torch.long)
-        if not (_truncation_enabled if truncate is None else truncate):
-            return self._encode_text_rows(embeddings, eot_indices, deep_prompts)
-        # Keep every position a deep prompt writes to, so replacement never lengthens the sequence.
-        longest_prompt = max((p.shape[-2] for p in deep_prompts), default=0)
-        lengths = (eot_indices + 1).clamp(min=1 + longest_prompt)
-        groups = _length_groups(lengths)
-        if len(groups) == 1:
-            return self._encode_text_rows(embeddings[:, :int(lengths.max())], eot_indices, deep_prompts)
-        features = [
-            self._encode_text_rows(embeddings[rows, :int(lengths[rows].max())], eot_indices[rows],
-                                   [p[rows] if p.dim() == 3 else p for p in deep_prompts])
-            for rows in groups]
-        return torch.cat(features)[torch.argsort(torch.cat(groups))]
+        if plan is None:
+            plan = self._plan_from_inputs(embeddings, eot_indices, deep_prompts, truncate, share_prefix)
+        elif truncate is not None or share_prefix is not None:
+            raise ValueError("a TextPlan already fixes truncation and the shared prefix: pass `plan` alone")
+        elif plan.rows != embeddings.shape[0]:
+            raise ValueError(f"the TextPlan is for {plan.rows} rows but {embeddings.shape[0]} were given")
+        return self._encode_planned(embeddings, eot_indices, deep_prompts, plan)
 
-    def _encode_text_rows(self, x: torch.Tensor, eot_indices: torch.Tensor,
-                          deep_prompts: list[torch.Tensor]) -> torch.Tensor:
-        x = x.to(self.dtype)
-        x = x + self.positional_embedding[: x.shape[1]].to(x.dtype)
-        x = self.transformer.forward_batch_first(x, deep_prompts, prompt_start=1)
-        # LayerNorm acts per token, so normalising only the EOT rows is the same as normalising all.
-        x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot_indices])
-        return x @ self.text_projection
+    def _plan_from_inputs(self, embeddings: torch.Tensor, eot_indices: torch.Tensor,
+                          deep_prompts: list[torch.Tensor], truncate: bool | None,
+                          share_prefix: bool | None) -> TextPlan:
+        share = _prefix_sharing.enabled if share_prefix is None else share_prefix
+        gradient_free = not torch.is_grad_enabled() or not (
+            embeddings.requires_grad or any(p.requires_grad and p.dim() == 3 for p in deep_prompts))
+        shared = _equal_leading_positions(embeddings, deep_prompts) if share and gradient_free else 0
+        return plan_text(eot_indices.tolist(), embeddings.shape[1],
+                         truncate=_truncation.enabled if truncate is None else truncate,
+                         deep_prompt_tokens=max((p.shape[-2] for p in deep_prompts), default=0),
+                         shared_prefix=shared)
+
+    def _encode_planned(self, embeddings: torch.Tensor, eot_indices: torch.Tensor,
+                        deep_prompts: list[torch.Tensor], plan: TextPlan) -> torch.Tensor:
+        prefix, per_prefix = plan.prefix, plan.rows_per_prefix
+        positions = self.positional_embedding.to(self.dtype)
+        # Deep prompt k covers positions 1..1+n: the part before `prefix` is applied once to the prefix,
+        # the rest to each row's tail, whose first position is `tail_start` (prompt token `offset`).
+        tail_start = max(prefix, 1)
+        offset, prompt_start = tail_start - 1, tail_start - prefix
+        prefix_kv = None
+        if prefix:
+            head = embeddings[::per_prefix, :prefix].to(self.dtype) + positions[:prefix]
+            head_prompts = [p[..., :offset, :] if p.dim() == 2 else p[::per_prefix, :offset] for p in deep_prompts]
+            prefix_kv = self.transformer.keys_values(head, head_prompts, prompt_start=1)
+        group_rows, inverse = plan.device_indices(embeddings.device)
+        features = []
+        for (_, end), rows in zip(plan.groups, group_rows):
+            end = embeddings.shape[1] if end is None else end
+            every_row = len(plan.groups) == 1  # rows in order: slices, no gather
+            x = embeddings[:, prefix:end] if every_row else embeddings[rows, prefix:end]
+            x = x.to(self.dtype) + positions[prefix:end]
+            tail_prompts = [p[..., offset:, :] if p.dim() == 2 else (p if every_row else p[rows])[:, offset:]
+                            for p in deep_prompts]
+            layer_kv = None
+            if prefix_kv is not None:
+                owner = None if plan.prefix_groups == 1 else (rows if not every_row else
+                                                            torch.arange(plan.rows, device=x.device)) // per_prefix
+                layer_kv = [_kv_for_rows(kv, owner, x.shape[0]) for kv in prefix_kv]
+            x = self.transformer.forward_batch_first(x, tail_prompts, prompt_start, prefix_kv=layer_kv)
+            eot = eot_indices if every_row else eot_indices[rows]
+            # LayerNorm acts per token, so normalising only the EOT rows is the same as normalising all.
+            x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot - prefix])
+            features.append(x @ self.text_projection)
+        features = features[0] if len(features) == 1 else torch.cat(features)
+        return features if inverse is None else features[inverse]
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_features = self.encode_image(image)

@@ -85,3 +85,26 @@ def test_bad_inputs_name_the_valid_choices():
     assert len(set(load_classnames(1000))) == 998  # CLIP's list names "missile" and "sunglasses" twice
     with pytest.raises(ValueError, match="ViT-B/16"):
         build_cfg(Spec("MaPLe", DEMO_MAPLE, "ViT-Huge", 3, "train"))
+
+
+def test_ablation_test_pass_and_floor_columns(tmp_path):
+    out = tmp_path / "bench.json"
+    report = bench_trainers.main(
+        ["--arch", "ViT-Tiny", "--config-file", DEMO_MAPLE, "--train-classes", "--eval-classes",
+         "--test-classes", "4", "--eval-images", "60", "--device", "cpu", "--ablate", "SHARED_PREFIX", "--floor",
+         "--json", str(out)])
+    (test,) = report["table"]
+    assert test["phase"] == "test" and test["unit"] == "images/s"
+    assert [r["images"] for r in report["runs"]] == [100, 100]  # 2 batches of 50, for each path
+    without = test["ablations"]["without SHARED_PREFIX"]
+    assert without["gain"] == bench_trainers._ratio("test", test["ours"]["value"], without["value"])
+    assert report["runs"][1]["spec"]["disabled"] == ["SHARED_PREFIX"]
+    floor = test["ours"]["floor"]
+    assert floor["flops"] > 0 and floor["matmul_gflops"] > 0 and floor["times_floor"] > 0
+    assert "floor" not in without  # FLOPs are counted for our path only
+    # the shared prefix is encoded once instead of once per class: less counted work in a training step
+    flops = [measure(Spec("MaPLe", DEMO_MAPLE, "ViT-Tiny", 3, "train", warmup=0, steps=1, count_flops=True,
+                          disabled=disabled))["flops"] for disabled in ([], ["SHARED_PREFIX"])]
+    assert flops[0] < flops[1]
+    with pytest.raises(ValueError, match="unknown speed-up"):
+        build_cfg(Spec("MaPLe", DEMO_MAPLE, "ViT-Tiny", 3, "train", disabled=["NOPE"]))

@@ -70,7 +70,7 @@ def test_text_deep_prompts_replace_positions_after_sos(vit):
             torch.randn(len(TEXTS), n, width, generator=_gen(2))]     # one per class
     embeddings = vit.token_embedding(tokens)
     with torch.no_grad(), _BlockRecorder(vit.transformer) as rec:
-        vit.encode_text_embeddings(embeddings, tokens.argmax(-1), deep, truncate=False)
+        vit.encode_text_embeddings(embeddings, tokens.argmax(-1), deep, truncate=False, share_prefix=False)
     # Layer 0 sees the embeddings plus positional embedding, untouched.
     torch.testing.assert_close(rec.inputs[0], embeddings + vit.positional_embedding)
     for layer in (1, 2):
@@ -80,7 +80,7 @@ def test_text_deep_prompts_replace_positions_after_sos(vit):
         assert torch.equal(after, expected)
     # With one deep prompt, layer 2 gets layer 1's output unchanged.
     with torch.no_grad(), _BlockRecorder(vit.transformer) as rec:
-        vit.encode_text_embeddings(embeddings, tokens.argmax(-1), deep[:1], truncate=False)
+        vit.encode_text_embeddings(embeddings, tokens.argmax(-1), deep[:1], truncate=False, share_prefix=False)
     assert torch.equal(rec.inputs[2], rec.outputs[1])
 
 
@@ -123,7 +123,7 @@ def test_truncation_gives_the_full_context_features(vit, fused):
     tokens = clip.tokenize(TEXTS)
     deep = [torch.randn(4, vit.transformer.width, generator=_gen(5))] * 2
     embeddings = vit.token_embedding(tokens)
-    with torch.no_grad(), clip_model.fused_attention(fused):
+    with torch.no_grad(), clip_model.fused_attention(fused), clip_model.shared_prefix(False):
         for prompts in ([], deep):
             full = vit.encode_text_embeddings(embeddings, tokens.argmax(-1), prompts, truncate=False)
             short = vit.encode_text_embeddings(embeddings, tokens.argmax(-1), prompts, truncate=True)

@@ -41,7 +41,7 @@ def block_inputs(blocks):
 @pytest.mark.parametrize("depth", [1, 2])
 @torch.no_grad()
 def test_maple_prompt_tokens_per_layer(tiny, depth):
-    model = maple(tiny, depth)
+    model = maple(tiny, depth, shared_prefix=False)  # every row whole (the shared prefix: test_shared_prefix.py)
     pl = model.prompt_learner
     text_in, h1 = block_inputs(tiny.transformer.resblocks)
     vision_in, h2 = block_inputs(tiny.visual.transformer.resblocks)
@@ -75,7 +75,7 @@ def test_maple_prompt_tokens_per_layer(tiny, depth):
 @torch.no_grad()
 def test_eval_cache_and_truncation_and_chunks_equal_the_plain_path(tiny):
     fast = maple(tiny, 2)
-    plain = PromptedCLIP(tiny, fast.prompt_learner, SpeedOptions(False, False, False, 0))
+    plain = PromptedCLIP(tiny, fast.prompt_learner, SpeedOptions(False, False, False, 0, False))
     chunked = PromptedCLIP(tiny, fast.prompt_learner, SpeedOptions(text_chunk=3))
     images = torch.randn(2, 4, 3, 32, 32)
     for batch in images:

@@ -98,9 +98,11 @@ def test_backbone_from_a_local_file(data_root, tmp_path):
 
 def test_plain_mode_switches_every_speedup_off(data_root, tmp_path):
     off = ["TRAINER.SPEEDUPS.TEXT_TRUNCATION", "False", "TRAINER.SPEEDUPS.EVAL_CACHE", "False",
-           "TRAINER.SPEEDUPS.FUSED_ATTENTION", "False", "TRAINER.EVAL_TEXT_CHUNK", "0"]
+           "TRAINER.SPEEDUPS.FUSED_ATTENTION", "False", "TRAINER.SPEEDUPS.SHARED_PREFIX", "False",
+           "TRAINER.EVAL_TEXT_CHUNK", "0"]
     trainer = demo_trainer("MaPLe", "MaPLe/tiny.yaml", data_root, str(tmp_path), *off)
     options = trainer.model.options
-    assert not (options.text_truncation or options.eval_cache or options.fused_attention or options.text_chunk)
+    assert not (options.text_truncation or options.eval_cache or options.fused_attention or options.text_chunk
+                or options.shared_prefix)
     trainer.train()
     assert trainer.model._cache is None

@@ -55,10 +55,13 @@ class CoCoOpCLIP(PromptedCLIP):
             image_features = l2_normalize(self.clip_model.encode_image(image))
             group = max(1, self.options.chunk_size(len(image) * learner.n_cls) // learner.n_cls)
             logits = []
+            every_class = slice(0, learner.n_cls)
             for feats in image_features.split(group):
                 prompts = learner.image_prompts(feats)
                 eot = learner.eot_indices.repeat(len(feats))
-                text = self.clip_model.encode_text_embeddings(prompts, eot, truncate=self.options.text_truncation)
+                # The context of image b is shared by its n_cls prompts: one prefix per image.
+                plan = learner.text_plan(every_class, self.options, [], prefix_groups=len(feats))
+                text = self.clip_model.encode_text_embeddings(prompts, eot, plan=plan)
                 text = l2_normalize(text).view(len(feats), learner.n_cls, -1)
                 logits.append(cosine_logits(self.logit_scale(), feats, text))
         return torch.cat(logits)

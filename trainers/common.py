@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from clip import clip
 from clip.model import fused_attention
 from clip.simple_tokenizer import SimpleTokenizer
+from clip.text_plan import TextPlan, leading_shared_positions, plan_text
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
@@ -204,11 +205,25 @@ class SpeedOptions:
     eval_cache: bool = True
     fused_attention: bool = True
     text_chunk: int = 256
+    shared_prefix: bool = True
 
     @classmethod
     def from_cfg(cls, cfg) -> "SpeedOptions":
         speedups = cfg.TRAINER.SPEEDUPS
-        return cls(speedups.TEXT_TRUNCATION, speedups.EVAL_CACHE, speedups.FUSED_ATTENTION, cfg.TRAINER.EVAL_TEXT_CHUNK)
+        return cls(speedups.TEXT_TRUNCATION, speedups.EVAL_CACHE, speedups.FUSED_ATTENTION, cfg.TRAINER.EVAL_TEXT_CHUNK,
+                   speedups.SHARED_PREFIX)
+
+    def text_plan(self, eot_indices: Sequence[int], layout: torch.Tensor, deep_prompts: Sequence[torch.Tensor],
+                  prefix_groups: int = 1) -> TextPlan:
+        """The encoder's plan for rows with these EOT positions (host ints) whose position layout (see
+        `clip.text_plan`) is `layout` [rows of one prefix group, L]. A deep prompt given per row ([N, n, D])
+        is not known to be shared, so it ends the prefix at its first position."""
+        prefix = leading_shared_positions(layout) if self.shared_prefix else 0
+        if any(prompt.dim() == 3 for prompt in deep_prompts):
+            prefix = min(prefix, 1)
+        return plan_text(eot_indices, layout.shape[1], truncate=self.text_truncation,
+                         deep_prompt_tokens=max((p.shape[-2] for p in deep_prompts), default=0),
+                         shared_prefix=prefix, prefix_groups=prefix_groups)
 
     def chunk_size(self, total: int) -> int:
         """Rows per text-encoder call: chunks only when no gradient is kept (evaluation)."""
@@ -279,8 +294,10 @@ class TextPromptLearner(PromptLearner):
         self.register_buffer("token_prefix", embedding[:, :1].clone())
         self.register_buffer("token_suffix", embedding[:, 1 + n_ctx :].clone())
         self.register_buffer("eot_indices", self.tokenized_prompts.argmax(dim=-1).to(device), persistent=False)
+        self.eot_positions = self.tokenized_prompts.argmax(dim=-1).tolist()  # host copy: plans need no sync
         self.n_cls = len(names)
         self.n_ctx = n_ctx
+        self._plans: dict = {}
 
     def class_contexts(self, index: slice) -> torch.Tensor:
         """[n, n_ctx, width] context of the classes in `index`, in the token buffers' dtype."""
@@ -290,9 +307,37 @@ class TextPromptLearner(PromptLearner):
             return ctx.unsqueeze(0).expand(prefix.shape[0], -1, -1)
         return ctx[index]
 
+    def assemble(self, prefix: torch.Tensor, ctx: torch.Tensor, suffix: torch.Tensor, index: slice) -> torch.Tensor:
+        """The prompts [n, L, W] of the classes in `index` from their SOS [n, 1, W], context [n, n_ctx, W] and
+        class tokens [n, rest, W]. Also run on position ids (W = 1) to find what the classes share."""
+        return torch.cat([prefix, ctx, suffix], dim=1)
+
     def class_prompts(self, index: slice) -> torch.Tensor:
         """Embedded prompts [n, 77, width] of the classes in `index` (no positional embedding)."""
-        return torch.cat([self.token_prefix[index], self.class_contexts(index), self.token_suffix[index]], dim=1)
+        return self.assemble(self.token_prefix[index], self.class_contexts(index), self.token_suffix[index], index)
+
+    def position_layout(self, index: slice) -> torch.Tensor:
+        """[n, 77] ids of what each position of the prompts in `index` holds (`clip.text_plan`): token ids,
+        and for the context -(1 + k) when one context is broadcast to every class, a different negative id
+        per class when the context is class-specific. Assembled by `assemble`, so it follows the prompts."""
+        tokens = self.tokenized_prompts[index]
+        rows, n_ctx = tokens.shape[0], self.n_ctx
+        context = -1 - torch.arange(n_ctx).expand(rows, -1)
+        if self.ctx.dim() == 3:  # class-specific: one id per (class, k)
+            classes = torch.arange(self.n_cls)[index]
+            context = context - n_ctx * (1 + classes.unsqueeze(1))
+        ids = self.assemble(tokens[:, :1, None], context[..., None], tokens[:, 1 + n_ctx:, None], index)
+        return ids[..., 0]
+
+    def text_plan(self, index: slice, options: SpeedOptions, deep_prompts: Sequence[torch.Tensor],
+                  prefix_groups: int = 1) -> TextPlan:
+        """The encoder's plan for the classes in `index`, repeated `prefix_groups` times (CoCoOp: once per
+        image), made on the first call and kept (host-side work: no device sync on later calls)."""
+        key = (index.start, index.stop, prefix_groups, options, tuple((p.dim(), p.shape[-2]) for p in deep_prompts))
+        if key not in self._plans:
+            self._plans[key] = options.text_plan(self.eot_positions[index] * prefix_groups,
+                                                 self.position_layout(index), deep_prompts, prefix_groups)
+        return self._plans[key]
 
     def deep_text_prompts(self) -> list[torch.Tensor]:
         """One [n_ctx, width] tensor per text layer 1.. replacing positions 1..n_ctx at its input."""
@@ -303,10 +348,10 @@ class TextPromptLearner(PromptLearner):
         chunk = options.chunk_size(self.n_cls)
         features = []
         for start in range(0, self.n_cls, chunk):
-            index = slice(start, start + chunk)
+            index = slice(start, min(start + chunk, self.n_cls))
             features.append(clip_model.encode_text_embeddings(
                 self.class_prompts(index), self.eot_indices[index], deep_prompts=deep,
-                truncate=options.text_truncation))
+                plan=self.text_plan(index, options, deep)))
         return torch.cat(features)
 
 
@@ -323,11 +368,12 @@ def encode_class_templates(clip_model: nn.Module, classnames: Sequence[str], tem
     for template in templates:
         parts = []
         for start in range(0, len(names), chunk):
-            tokens = clip.tokenize([template.format(name) for name in names[start:start + chunk]]).to(device)
+            tokens = clip.tokenize([template.format(name) for name in names[start:start + chunk]])
+            plan = options.text_plan(tokens.argmax(dim=-1).tolist(), tokens, [])  # tokens alone: nothing learned
+            tokens = tokens.to(device)
             embeddings = clip_model.token_embedding(tokens).to(clip_model.dtype)
             with fused_attention(options.fused_attention):
-                parts.append(clip_model.encode_text_embeddings(
-                    embeddings, tokens.argmax(dim=-1), truncate=options.text_truncation))
+                parts.append(clip_model.encode_text_embeddings(embeddings, tokens.argmax(dim=-1), plan=plan))
         features = torch.cat(parts).float()
         total = total + (features / features.norm(dim=-1, keepdim=True) if normalize_each else features)
     mean = total / len(templates)

@@ -73,6 +73,9 @@ def _add_project_keys(cfg: CN) -> None:
     # Drop text positions after the EOT before the (causal) text transformer; many prompts are encoded
     # in groups of similar length, each cut after its own longest EOT.
     cfg.TRAINER.SPEEDUPS.TEXT_TRUNCATION = True
+    # Encode once the leading positions that every class prompt holds identically (SOS, a shared context,
+    # class-independent words; once per image for CoCoOp); each class encodes only its own tail.
+    cfg.TRAINER.SPEEDUPS.SHARED_PREFIX = True
     # In eval mode, compute image-independent class features (and vision prompts) once, not per batch.
     cfg.TRAINER.SPEEDUPS.EVAL_CACHE = True
     # Attention through F.scaled_dot_product_attention instead of the explicit softmax(QK^T)V path.

@@ -30,10 +30,9 @@ class PromptLearner(TextPromptLearner):
         super().__init__(clip_model, classnames, ctx, prefix, n_ctx)
         self.class_token_position = node.CLASS_TOKEN_POSITION
 
-    def class_prompts(self, index: slice) -> torch.Tensor:
+    def assemble(self, prefix: torch.Tensor, ctx: torch.Tensor, suffix: torch.Tensor, index: slice) -> torch.Tensor:
         if self.class_token_position == "end":
-            return super().class_prompts(index)
-        prefix, suffix, ctx = self.token_prefix[index], self.token_suffix[index], self.class_contexts(index)
+            return super().assemble(prefix, ctx, suffix, index)
         half = self.n_ctx // 2
         rows = []
         # The class name is name_len tokens at the start of the suffix; EOT stays where the "X .. X name."

@@ -1,0 +1,131 @@
+"""Which positions a text encode computes, decided on the host before the encode.
+
+A `TextPlan` says, for N prompt rows:
+- `prefix`: the leading positions that every row of a prefix group holds identically (same token ids, same
+  learned tensors). Under the causal mask their activations are the same for every row of the group in every
+  layer, so the encoder computes them once per group; each row then encodes only its own tail, whose queries
+  attend to [the group's prefix keys; its own keys]. Rows form `prefix_groups` consecutive blocks of equal
+  size (1 group: one prefix for all rows; CoCoOp: one group of classes per image).
+- `groups`: the rows split by the length of their tails (text truncation): each group is cut after its
+  own longest EOT, so a few long class names do not make every row long.
+
+Plans are built from host-side facts (EOT positions as Python ints, the prefix length) once per learner and
+class set, so encoding with a plan needs no host-device synchronisation: the row indices are copied to a
+device once and kept.
+
+The rule for the prefix (`leading_shared_positions`): the longest run of leading columns of a layout
+[N, L] of position ids that is the same in every row. A layout holds a token's id where the position holds
+a fixed token, and a negative id naming the learned tensor element where it holds a learned vector; a
+learned vector broadcast to every row (the same parameter, e.g. CoOp's unified context) gets the same id in
+every row, a class-specific one (CoOp CSC) a different id per row. Equality of learned vectors is decided by
+this structure, never by their values: two classes whose separate parameters happen to be equal must still
+each receive their own gradient, which a shared computation would not give them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+__all__ = ["TextPlan", "leading_shared_positions", "plan_text"]
+
+# A text-encoder call costs about as much as this many extra token positions (kernel launches, small
+# matrix products), so rows are split into length groups only where that saves more positions.
+_GROUP_COST_IN_POSITIONS = 256
+
+
+def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
+    """Row indices grouped by length (contiguous ranges of the sorted lengths) so that the positions
+    computed, sum(rows x longest + _GROUP_COST_IN_POSITIONS) over the groups, is smallest (dynamic
+    programming over the distinct lengths). Few or similar rows give one group: plain truncation."""
+    values = sorted(set(lengths))
+    counts = [0] * len(values)
+    slot = {value: i for i, value in enumerate(values)}
+    for length in lengths:
+        counts[slot[length]] += 1
+    best, start = [0] + [float("inf")] * len(values), [0] * (len(values) + 1)
+    for end in range(1, len(values) + 1):
+        rows = 0
+        for first in range(end - 1, -1, -1):  # the last group holds the distinct lengths first..end-1
+            rows += counts[first]
+            cost = best[first] + rows * values[end - 1] + _GROUP_COST_IN_POSITIONS
+            if cost < best[end]:
+                best[end], start[end] = cost, first
+    bounds, end = [], len(values)
+    while end > 0:
+        bounds.append((values[start[end]], values[end - 1]))
+        end = start[end]
+    return [[row for row, length in enumerate(lengths) if low <= length <= high] for low, high in reversed(bounds)]
+
+
+def leading_shared_positions(layout: torch.Tensor) -> int:
+    """The number of leading columns of `layout` [N, L] (a CPU integer tensor of position ids, see the
+    module docstring) that are the same in every row."""
+    if layout.dim() != 2:
+        raise ValueError(f"a position layout is [rows, positions]; got shape {tuple(layout.shape)}")
+    if layout.device.type != "cpu":
+        raise ValueError("position layouts are host-side facts: pass a CPU tensor (reading a device tensor "
+                         "here would synchronise with the device)")
+    same = (layout == layout[:1]).all(dim=0)
+    differing = (~same).nonzero()
+    return int(differing[0]) if len(differing) else layout.shape[1]
+
+
+@dataclass(frozen=True)
+class TextPlan:
+    """How an encode of `rows` prompt rows runs (see the module docstring). `groups` holds, per length group,
+    its row indices and the end position its rows are cut at (None: every position, no truncation)."""
+
+    rows: int
+    prefix: int
+    prefix_groups: int
+    groups: tuple[tuple[tuple[int, ...], Optional[int]], ...]
+    _on_device: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def rows_per_prefix(self) -> int:
+        return self.rows // self.prefix_groups
+
+    def device_indices(self, device: torch.device) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
+        """(row indices of each length group, the permutation that puts the concatenated group outputs
+        back in row order or None when they already are), made on `device` once and kept."""
+        key = str(device)
+        if key not in self._on_device:
+            order = [row for rows, _ in self.groups for row in rows]
+            rows = [torch.tensor(group, dtype=torch.long, device=device) for group, _ in self.groups]
+            inverse = None
+            if order != list(range(self.rows)):
+                inverse = torch.argsort(torch.tensor(order)).to(device)
+            self._on_device[key] = (rows, inverse)
+        return self._on_device[key]
+
+
+def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True, deep_prompt_tokens: int = 0,
+              shared_prefix: int = 0, prefix_groups: int = 1) -> TextPlan:
+    """A plan for rows with these EOT positions (host ints) in embeddings of `context` positions.
+
+    deep_prompt_tokens: the longest deep prompt (positions 1..n are always computed, so that replacing them
+    never lengthens a row). shared_prefix: the caller's statement that positions 0..shared_prefix-1 are
+    identical, as tensors, within each of `prefix_groups` consecutive equal blocks of rows (found with
+    `leading_shared_positions`; 0: nothing shared). The prefix actually used stops before the earliest EOT
+    (each row reads its EOT from its own tail) and is 0 when a group has a single row (nothing to share)."""
+    eot = [int(e) for e in eot_indices]
+    rows = len(eot)
+    if rows == 0:
+        raise ValueError("no text rows to encode")
+    if prefix_groups < 1 or rows % prefix_groups:
+        raise ValueError(f"{rows} text rows cannot form {prefix_groups} prefix groups of equal size")
+    if max(eot) >= context or min(eot) < 0:
+        raise ValueError(f"EOT positions must lie in 0..{context - 1}; got {min(eot)}..{max(eot)}")
+    prefix = min(shared_prefix, min(eot)) if rows // prefix_groups >= 2 else 0
+    prefix = max(prefix, 0)
+    if not truncate:
+        groups = ((tuple(range(rows)), None),)
+    else:
+        # Keep every position a deep prompt writes to, so replacement never lengthens the sequence.
+        ends = [min(max(e + 1, 1 + deep_prompt_tokens), context) for e in eot]
+        groups = tuple((tuple(group), max(ends[row] for row in group))
+                       for group in _length_groups([end - prefix for end in ends]))
+    return TextPlan(rows, prefix, prefix_groups, groups)
