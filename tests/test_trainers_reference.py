@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from clip import clip
 from clip.random_models import random_state_dict
-from clip_testutils import reference_clip
+from clip_testutils import official_image, official_text, reference_clip
 from trainers.common import PromptedCLIP, SpeedOptions, freeze_all_but_prompts
 from trainers.coop import PromptLearner as CoOpLearner
 from trainers.independentVL import VLPromptLearner
@@ -32,43 +32,6 @@ def models():
     ours = clip.build_model(dict(state_dict)).float().eval()
     reference = reference_clip().build_model(dict(state_dict)).float().eval()
     return ours, reference
-
-
-def official_text(ref, tokenized, ctx, deep_text, n_ctx):
-    """TextEncoder of the official trainers (PROTOCOL §4.1/§4.5): prefix + ctx + suffix + positional
-    embedding, sequence-first blocks, deep prompt k replacing tokens 1..n_ctx at the input of block k+1."""
-    n_cls = tokenized.shape[0]
-    embedding = ref.token_embedding(tokenized)
-    if ctx.dim() == 2:
-        ctx = ctx.unsqueeze(0).expand(n_cls, -1, -1)
-    x = torch.cat([embedding[:, :1], ctx, embedding[:, 1 + n_ctx:]], dim=1) + ref.positional_embedding
-    x = x.permute(1, 0, 2)
-    for i, block in enumerate(ref.transformer.resblocks):
-        if 1 <= i <= len(deep_text):
-            prompt = deep_text[i - 1].unsqueeze(1).expand(-1, n_cls, -1)
-            x = torch.cat([x[:1], prompt, x[1 + n_ctx:]], dim=0)
-        x = block(x)
-    x = ref.ln_final(x.permute(1, 0, 2))
-    return x[torch.arange(n_cls), tokenized.argmax(dim=-1)] @ ref.text_projection
-
-
-def official_image(ref, image, shallow, deep):
-    """The official prompted ViT: prompts appended after CLS + patches (after +pos, before ln_pre), deep prompt
-    k replacing the last n tokens at the input of block k+1."""
-    visual = ref.visual
-    x = visual.conv1(image)
-    x = x.reshape(x.shape[0], x.shape[1], -1).permute(0, 2, 1)
-    cls = visual.class_embedding + torch.zeros(x.shape[0], 1, x.shape[-1])
-    x = torch.cat([cls, x], dim=1) + visual.positional_embedding
-    if shallow is not None:
-        x = torch.cat([x, shallow.unsqueeze(0).expand(x.shape[0], -1, -1)], dim=1)
-    x = visual.ln_pre(x).permute(1, 0, 2)
-    for i, block in enumerate(visual.transformer.resblocks):
-        if 1 <= i <= len(deep):
-            n = deep[i - 1].shape[0]
-            x = torch.cat([x[:-n], deep[i - 1].unsqueeze(1).expand(-1, x.shape[1], -1)], dim=0)
-        x = block(x)
-    return visual.ln_post(x.permute(1, 0, 2)[:, 0]) @ visual.proj
 
 
 def maple_prompts(p, depth):
