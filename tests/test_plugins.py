@@ -76,6 +76,19 @@ def test_two_plugins_registering_one_name_is_an_error_naming_both(sandbox):
                                 f"{_shown(second)}; --import only one of them, or rename one class")
 
 
+def test_train_py_reports_two_plugins_for_one_name_in_one_line(tmp_path):
+    for name in ("first_coop", "second_coop"):
+        _write(tmp_path, f"{name}.py", REGISTER_COOP)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), ROOT]))
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--import", "first_coop",
+                             "--import", "second_coop", "--trainer", "CoOp"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: two imported modules register the trainer 'CoOp': {tmp_path / 'first_coop.py'} and "
+        f"{tmp_path / 'second_coop.py'}; --import only one of them, or rename one class")
+
+
 def test_module_level_extend_cfg_runs_after_the_builtin_keys_and_may_change_a_type(sandbox):
     _write(sandbox, "their_keys.py", """
         from yacs.config import CfgNode as CN
