@@ -2,7 +2,6 @@
 train.py). Config merge order: Dassl defaults + method keys -> --dataset-config-file -> --config-file ->
 command-line flags -> trailing KEY VALUE overrides."""
 import argparse
-import importlib
 import os.path as osp
 import sys
 from typing import List, Optional
@@ -11,7 +10,7 @@ import torch
 
 from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
 from dassl.data.datasets import DATASET_REGISTRY
-from dassl.engine import TRAINER_REGISTRY, build_trainer
+from dassl.engine import TRAINER_REGISTRY, build_trainer, plugins
 from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_cuda_math, set_random_seed,
                          setup_logger, write_text_atomic)
 from dassl.utils.distributed import (
@@ -56,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="import this module before building (repeatable); a module on PYTHONPATH that registers its own "
-        "trainer or dataset with @TRAINER_REGISTRY.register() / @DATASET_REGISTRY.register()",
+        "trainer or dataset with @TRAINER_REGISTRY.register() / @DATASET_REGISTRY.register() (a built-in name is "
+        "replaced for the run) and may define extend_cfg(cfg) for its keys; see docs/EXTENDING.md",
     )
     parser.add_argument(
         "opts", default=None, nargs=argparse.REMAINDER, help="modify config options using the command-line (KEY VALUE ...)"
@@ -65,15 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def import_plugins(modules: List[str]) -> None:
-    """Import the project's datasets and trainers (they register themselves), then any --import module."""
+    """Import the project's datasets and trainers (they register themselves), then any --import module
+    (dassl/engine/plugins.py: replacing a built-in name, module-level extend_cfg, shadowed packages)."""
     import datasets  # noqa: F401
     import trainers  # noqa: F401
 
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            raise ConfigError(f"--import {name}: module not found ({e}); is its folder on PYTHONPATH?") from e
+    plugins.import_plugins(modules, (TRAINER_REGISTRY, DATASET_REGISTRY))
 
 
 def reset_cfg(cfg, args: argparse.Namespace) -> None:
@@ -107,6 +104,7 @@ def setup_cfg(args: argparse.Namespace):
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
+    plugins.apply_config_hooks(cfg, args.imports)
     if args.dataset_config_file:
         merge_from_file(cfg, args.dataset_config_file, role="dataset config file")
     if args.config_file:

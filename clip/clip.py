@@ -12,15 +12,17 @@ import warnings
 import torch
 
 from .bundled_models import BUNDLED_MODELS, verified_bundled_path
-from .download import OPENAI_MODELS, download
 from .model import CLIP, METADATA_KEYS, build_model, infer_config
+from .model_files import MODEL_URLS, model_file
 from .random_models import RANDOM_MODELS, random_state_dict
 from .simple_tokenizer import EOT, SOT, SimpleTokenizer
 
 __all__ = ["available_models", "build_model", "load", "load_state_dict", "tokenize"]
 
-_MODELS = OPENAI_MODELS
-_download = download
+# name -> URL of every backbone this package loads (OpenAI's, the shipped demo ones, the random ones), and
+# the function that turns such a URL into a verified local file (clip/model_files.py).
+_MODELS = MODEL_URLS
+_download = model_file
 
 # CLIP's image normalisation statistics.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -28,9 +30,9 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def available_models() -> list[str]:
-    """Names of the pretrained models: OpenAI's, then the ones shipped with this package (random test
-    architectures are listed by clip.random_models)."""
-    return list(_MODELS) + list(BUNDLED_MODELS)
+    """Every backbone name `load` and `_MODELS` resolve: OpenAI's, the ones shipped with this package, the
+    random architectures (and any name a plugin added to `_MODELS`)."""
+    return list(_MODELS)
 
 
 def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
@@ -64,16 +66,16 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
             raise FileNotFoundError(f"CLIP checkpoint {path} (MODEL.BACKBONE.PATH) does not exist")
         state_dict = _read_checkpoint(path)
         source = path
-    elif name in _MODELS:
-        source = _download(_MODELS[name], download_root)
-        state_dict = _read_checkpoint(source)
+    elif name in RANDOM_MODELS:  # generated in memory: no file needed
+        return random_state_dict(name)
     elif name in BUNDLED_MODELS:
         source = verified_bundled_path(name)
         state_dict = _read_checkpoint(source)
-    elif name in RANDOM_MODELS:
-        return random_state_dict(name)
+    elif name in _MODELS:
+        source = _download(_MODELS[name], download_root)
+        state_dict = _read_checkpoint(source)
     else:
-        raise ValueError(f"Unknown CLIP model '{name}'; valid names: {available_models() + list(RANDOM_MODELS)}, "
+        raise ValueError(f"Unknown CLIP model '{name}'; valid names: {available_models()}, "
                          "or set MODEL.BACKBONE.PATH to a checkpoint file")
     infer_config(state_dict, source)  # a file that is not CLIP fails here, naming the file
     return state_dict
@@ -102,7 +104,7 @@ def load(name: str, device: str | torch.device = "cpu", jit: bool = False,
     model is cast to fp32. Only the eager model exists here, so jit=True is refused."""
     if jit:
         raise ValueError("jit=True is not supported: this package builds an eager CLIP model (use jit=False)")
-    is_file = name not in available_models() and name not in RANDOM_MODELS and os.path.isfile(os.path.expanduser(name))
+    is_file = name not in available_models() and os.path.isfile(os.path.expanduser(name))
     state_dict = load_state_dict(name, path=name if is_file else "", download_root=download_root)
     model = build_model(state_dict, source=name).to(device)
     if torch.device(device).type == "cpu":

@@ -59,6 +59,12 @@ class _Switch:
 _truncation = _Switch()
 _prefix_sharing = _Switch()
 
+# Names of the prompt parameters a model built with an IVLP/VPT `design_details` owns (clip/design.py): the
+# official fork's, so its checkpoints load and its trainers' "VPT"-in-name freezing rule finds them. The
+# vision tower's shallow prompts are `visual.VPT`; block k >= 1 of either tower holds its deep prompt.
+OWNED_PROMPT = "VPT"
+OWNED_DEEP_PROMPT = "VPT_shallow"
+
 
 def set_text_truncation(enabled: bool) -> None:
     """Default for `truncate` in the text encoders: drop positions after the longest EOT (True, default)."""
@@ -214,9 +220,31 @@ class Transformer(nn.Module):
         for block in self.resblocks:
             block.compile(**compile_kwargs)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """OpenAI's convention: x is sequence-first [L, N, D]; returns [L, N, D]."""
-        return self.forward_batch_first(x.transpose(0, 1)).transpose(0, 1)
+    def owned_deep_prompts(self) -> list[torch.Tensor]:
+        """The deep prompts this transformer's blocks hold themselves (`OWNED_DEEP_PROMPT` of blocks 1, 2, ...,
+        the official IVLP/VPT layout attached by clip/design.py); empty for a plain CLIP."""
+        owned = []
+        for block in list(self.resblocks)[1:]:
+            prompt = getattr(block, OWNED_DEEP_PROMPT, None)
+            if prompt is None:
+                break
+            owned.append(prompt)
+        return owned
+
+    def forward(self, x: torch.Tensor | list) -> torch.Tensor | list:
+        """OpenAI's convention: x is sequence-first [L, N, D]; returns [L, N, D], with the deep prompts the
+        blocks own (if any). The official MaPLe fork's call is also accepted: the list [x, deep_prompts,
+        counter] (deep_prompts[counter:] go to layers 1, 2, ...) returns [x, deep_prompts, counter + used]."""
+        if isinstance(x, (list, tuple)):
+            x, deep_prompts, counter = x
+            used = list(deep_prompts)[counter:counter + self.layers - 1]
+            return [self._forward_sequence_first(x, used), deep_prompts, counter + len(used)]
+        return self._forward_sequence_first(x, self.owned_deep_prompts())
+
+    def _forward_sequence_first(self, x: torch.Tensor, deep_prompts: list[torch.Tensor]) -> torch.Tensor:
+        # Text prompts sit right after SOS; vision prompts are the last tokens (see the module docstring).
+        start = 1 if self.causal or not deep_prompts else x.shape[0] - deep_prompts[0].shape[-2]
+        return self.forward_batch_first(x.transpose(0, 1), deep_prompts, prompt_start=start).transpose(0, 1)
 
     def forward_batch_first(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor] = (),
                             prompt_start: int = 1, prefix_kv: Optional[Sequence[KeysValues]] = None) -> torch.Tensor:
@@ -275,6 +303,8 @@ class VisionTransformer(nn.Module):
         batch = x.shape[0]
         cls = self.class_embedding.to(x.dtype).expand(batch, 1, -1)
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)
+        if prompts is None and deep_prompts is None:  # the prompts this model owns, if any (clip/design.py)
+            prompts, deep_prompts = getattr(self, OWNED_PROMPT, None), self.transformer.owned_deep_prompts()
         deep_prompts = list(deep_prompts or ())
         n_prompts = 0
         if prompts is not None:
@@ -339,7 +369,8 @@ class CLIP(nn.Module):
 
     def encode_text(self, text: torch.Tensor, truncate: bool | None = None) -> torch.Tensor:
         """text: token ids [N, L] from `clip.tokenize` (EOT is the largest id, so argmax finds it)."""
-        return self.encode_text_embeddings(self.token_embedding(text), text.argmax(dim=-1), truncate=truncate)
+        return self.encode_text_embeddings(self.token_embedding(text), text.argmax(dim=-1),
+                                           self.transformer.owned_deep_prompts(), truncate=truncate)
 
     def encode_text_embeddings(self, embeddings: torch.Tensor, eot_indices: torch.Tensor,
                                deep_prompts: Sequence[torch.Tensor] | None = None,
@@ -498,28 +529,16 @@ def infer_config(state_dict: dict, source: str = "state dict") -> CLIPConfig:
     )
 
 
-def _check_design(design_details: dict | None) -> None:
-    """The official MaPLe / IVLP / VPT trainer files ask for per-method prompted blocks and then call the
-    transformers with [x, prompts, counter] lists; say so instead of failing deep inside the forward."""
-    if not design_details:
-        return
-    trainer = design_details.get("trainer", "CoOp")
-    if trainer not in ("CoOp", "CoCoOp"):
-        raise ValueError(
-            f"design_details asks for the official {trainer} prompted blocks; this CLIP takes prompts as "
-            "encoder arguments instead (encode_text_embeddings / encode_image with prompts and deep_prompts). "
-            f"Use this project's {trainer} trainer (trainers/), which implements the same method on them."
-        )
-
-
 def build_model(state_dict: dict, design_details: dict | None = None, source: str = "state dict") -> CLIP:
     """Build CLIP from an OpenAI-format state dict (fp16 or fp32): architecture inferred, weights cast like
-    OpenAI's convert_weights, loaded strictly, eval() mode. `design_details` is accepted for the official
-    trainers' call signature: prompts are arguments of the encoders, not model variants, so the plain
-    (CoOp / CoCoOp / zero-shot) design is the only one it can describe. Building draws nothing from the
-    global RNG."""
-    _check_design(design_details)
+    OpenAI's convert_weights, loaded strictly, eval() mode. `design_details` is the official MaPLe fork's
+    argument (clip/design.py): the IVLP and VPT designs give the model its own fp32 prompt parameters, drawn
+    from the global RNG; every other design draws nothing from it."""
+    from .design import attach_owned_prompts, check_design_fits, parse_design  # design.py imports this module
+
+    design = parse_design(design_details)
     config = infer_config(state_dict, source)
+    check_design_fits(design, config, source)
     with torch.device("meta"):  # no allocation or random init for weights that are overwritten anyway
         model = CLIP(**asdict(config))
     convert_weights(model)
@@ -538,4 +557,4 @@ def build_model(state_dict: dict, design_details: dict | None = None, source: st
         # copy=True: the model never shares memory with the caller's dict (or a TorchScript module).
         tensors[key] = value.to(device="cpu", dtype=target.dtype, copy=True)
     model.load_state_dict(tensors, strict=True, assign=True)
-    return model.eval()
+    return attach_owned_prompts(model, design).eval()

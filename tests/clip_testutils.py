@@ -1,5 +1,6 @@
 """Helpers for the clip tests: the openai-clip reference package (imported under another name, since our
-`clip` package shadows it) and small random state dicts in OpenAI's format."""
+`clip` package shadows it), small random state dicts in OpenAI's format, and the official prompted forward
+passes computed block by block on the reference model."""
 from __future__ import annotations
 
 import functools
@@ -11,6 +12,8 @@ import sysconfig
 import torch
 
 from clip.random_models import random_state_dict
+
+TINY = "RandomInit-ViT-Tiny"
 
 REFERENCE_NAME = "openai_clip_reference"
 
@@ -41,3 +44,15 @@ def perturbed_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
             value = value + (noise.abs() if key.endswith("running_var") else noise)
         out[key] = value
     return out
+
+
+def three_layer_state_dict():
+    """The tiny backbone with a third (distinct) block in both towers, so deep prompts can skip a layer."""
+    state_dict = random_state_dict(TINY)
+    generator = torch.Generator().manual_seed(11)
+    for tower in ("transformer.resblocks.", "visual.transformer.resblocks."):
+        for key in [k for k in state_dict if k.startswith(tower + "1.")]:
+            value = state_dict[key].float()
+            noise = 0.05 * value.abs().mean() * torch.randn(value.shape, generator=generator)
+            state_dict[key.replace(tower + "1.", tower + "2.")] = (value + noise).to(state_dict[key].dtype)
+    return state_dict

@@ -24,7 +24,7 @@ from clip.simple_tokenizer import SimpleTokenizer as _Tokenizer
 _tokenizer = _Tokenizer()
 
 
-def load_clip_to_cpu(cfg):
+def load_clip_to_cpu(cfg, design_details=None):
     backbone_name = cfg.MODEL.BACKBONE.NAME
     url = clip._MODELS[backbone_name]
     model_path = clip._download(url)
@@ -37,7 +37,7 @@ def load_clip_to_cpu(cfg):
         # a plain saved state dict
         state_dict = torch.load(model_path, map_location="cpu", weights_only=True)
 
-    model = clip.build_model(state_dict or model.state_dict())
+    model = clip.build_model(state_dict or model.state_dict(), design_details)
     return model
 
 
@@ -115,12 +115,16 @@ class PromptLearner(nn.Module):
 
 
 class CustomCLIP(nn.Module):
+    # the MaPLe-family files in tests/ subclass it with their own prompt learner and text encoder
+    prompt_learner_class = PromptLearner
+    text_encoder_class = TextEncoder
+
     def __init__(self, cfg, classnames, clip_model):
         super().__init__()
-        self.prompt_learner = PromptLearner(cfg, classnames, clip_model)
+        self.prompt_learner = self.prompt_learner_class(cfg, classnames, clip_model)
         self.tokenized_prompts = self.prompt_learner.tokenized_prompts
         self.image_encoder = clip_model.visual
-        self.text_encoder = TextEncoder(clip_model)
+        self.text_encoder = self.text_encoder_class(clip_model)
         self.logit_scale = clip_model.logit_scale
         self.dtype = clip_model.dtype
 
@@ -245,11 +249,11 @@ class OfficialStyleCoOp(TrainerX):
             epoch = checkpoint["epoch"]
 
             # The fixed token buffers belong to the classes of the training run; keep the current ones
-            # (this is what lets base-class context be evaluated on novel classes).
-            if "token_prefix" in state_dict:
-                del state_dict["token_prefix"]
-            if "token_suffix" in state_dict:
-                del state_dict["token_suffix"]
+            # (this is what lets base-class context be evaluated on novel classes). Trainers that register
+            # the whole model hold them under "prompt_learner.".
+            for key in ("token_prefix", "token_suffix", "prompt_learner.token_prefix", "prompt_learner.token_suffix"):
+                if key in state_dict:
+                    del state_dict[key]
 
             print(f'Loading weights to {name} from "{model_path}" (epoch = {epoch})')
             self._models[name].load_state_dict(state_dict, strict=False)

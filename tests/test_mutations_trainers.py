@@ -26,7 +26,7 @@ import dassl_e2e_plugin  # noqa: F401  (registers the TinyColors dataset)
 import trainers  # noqa: F401  (registers every trainer)
 from clip import clip
 from clip.random_models import random_state_dict
-from clip_testutils import reference_clip
+from clip_testutils import reference_clip, three_layer_state_dict
 from dassl.config import get_cfg_default
 from dassl.engine import build_trainer
 from dassl.utils import set_random_seed
@@ -53,18 +53,6 @@ def method_cfg(*opts):
     extend_cfg(cfg)
     cfg.merge_from_list(["MODEL.BACKBONE.NAME", TINY, "INPUT.SIZE", (32, 32), *opts])
     return cfg
-
-
-def three_layer_state_dict():
-    """The tiny backbone with a third (distinct) block in both towers, so deep prompts can skip a layer."""
-    state_dict = random_state_dict(TINY)
-    generator = torch.Generator().manual_seed(11)
-    for tower in ("transformer.resblocks.", "visual.transformer.resblocks."):
-        for key in [k for k in state_dict if k.startswith(tower + "1.")]:
-            value = state_dict[key].float()
-            noise = 0.05 * value.abs().mean() * torch.randn(value.shape, generator=generator)
-            state_dict[key.replace(tower + "1.", tower + "2.")] = (value + noise).to(state_dict[key].dtype)
-    return state_dict
 
 
 @pytest.fixture(scope="module")

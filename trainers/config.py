@@ -4,7 +4,9 @@ after `get_cfg_default()` and before any YAML is merged (yacs refuses keys it do
 
 A trainer or dataset file can add keys of its own by defining a static method `extend_cfg(cfg)` on its
 class; it is called here for every registered trainer and dataset, so a new method stays one file plus one
-YAML.
+YAML. A module named with train.py's --import may also define a module-level `extend_cfg(cfg)` (what another
+repository's train.py has); train.py runs it after this one (dassl/engine/plugins.py), so it may redefine
+a default, type included.
 """
 from yacs.config import CfgNode as CN
 

@@ -25,18 +25,28 @@ def check_availability(requested: str, available: Iterable[str]) -> None:
 
 
 class Registry:
-    """Objects registered under their `__name__`, e.g. `@TRAINER_REGISTRY.register()` on a class."""
+    """Objects registered under their `__name__`, e.g. `@TRAINER_REGISTRY.register()` on a class.
+
+    Registering a taken name raises a KeyError, unless `duplicate_handler(registry, name, old, new)` is set:
+    then it decides (returns to let `new` replace `old`, or raises). train.py's --import sets it."""
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._obj_map: dict = {}
+        self.duplicate_handler: Optional[Callable[["Registry", str, Any, Any], None]] = None
+
+    @property
+    def name(self) -> str:
+        return self._name
 
     def _do_register(self, name: str, obj: Any, force: bool = False) -> None:
         if name in self._obj_map and not force:
-            raise KeyError(
-                f'An object named "{name}" was already registered in the "{self._name}" registry'
-                " (pass force=True to replace it)"
-            )
+            if self.duplicate_handler is None:
+                raise KeyError(
+                    f'An object named "{name}" was already registered in the "{self._name}" registry'
+                    " (pass force=True to replace it)"
+                )
+            self.duplicate_handler(self, name, self._obj_map[name], obj)
         self._obj_map[name] = obj
 
     def register(self, obj: Any = None, force: bool = False) -> Optional[Callable[[Any], Any]]:
@@ -61,6 +71,10 @@ class Registry:
 
     def registered_names(self) -> list:
         return list(self._obj_map.keys())
+
+    def items(self) -> list:
+        """(name, object) pairs in registration order."""
+        return list(self._obj_map.items())
 
     def __contains__(self, name: str) -> bool:
         return name in self._obj_map
