@@ -3,13 +3,15 @@ test-only variants and `python -m datasets.check`, so the loaders and the checke
 import os
 from typing import List
 
+from dassl.utils.errors import UserError
+
 # DATASET.ROOT left empty means this folder (relative to the working directory), which is also the
 # default `$DATA` of the scripts; the official code would silently use the working directory itself.
 DEFAULT_ROOT = "./data"
 DOCS = "docs/DATASETS.md"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder, split file or annotation file is missing; the message says which and where to look."""
 
 

@@ -57,8 +57,13 @@ def test_unknown_names_exit_2_before_writing(opts, message, tmp_path, capsys, un
     (["TRAINER.COOP.PREC", "fp8"], ValueError, r"TRAINER\.COOP\.PREC must be one of fp16, fp32, amp, bf16; got 'fp8'"),
     (["INPUT.SIZE", "(64, 64)"], ValueError,
      r"INPUT\.SIZE \(64, 64\) does not match the input resolution 32 of the backbone 'RandomInit-ViT-Tiny'; set INPUT\.SIZE \(32, 32\)"),
-    (["TRAINER.COOP.N_CTX", "80"], ValueError,
-     r"needs 86 tokens, more than the text context length 77 of the backbone: lower N_CTX .* by at least 9"),
+    (["TRAINER.COOP.N_CTX", "74"], ValueError,
+     r"needs 80 tokens, more than the text context length 77 of the backbone: lower N_CTX .* by at least 3"),
+    # refused before the context is allocated (10 million tokens would take 2.6 GB)
+    (["TRAINER.COOP.N_CTX", "10000000"], ValueError,
+     r"N_CTX 10000000 does not fit the text context length 77 of the backbone .*: use at most 74"),
+    (["TRAINER.COOP.N_CTX", "0"], ValueError, r"TRAINER\.COOP\.N_CTX must be >= 1; got 0"),
+    (["TRAINER.COOP.N_CTX", "-3"], ValueError, r"TRAINER\.COOP\.N_CTX must be >= 1; got -3"),
 ])
 def test_bad_model_settings(demo_root, tmp_path, opts, error, message, untouched):
     with pytest.raises(error, match=message):

@@ -7,6 +7,8 @@ from typing import List, Sequence
 
 from yacs.config import CfgNode
 
+from dassl.utils.errors import UserError
+
 _TYPE_MISMATCH = re.compile(
     r"Type mismatch \(<class '(?P<expected>\w+)'> vs\. <class '(?P<got>\w+)'>\) "
     r"with values \((?P<default>.*) vs\. (?P<value>.*)\) for config key: (?P<key>\S+)"
@@ -14,7 +16,7 @@ _TYPE_MISMATCH = re.compile(
 _UNKNOWN_KEY = re.compile(r"Non-existent (?:config )?key: (?P<key>\S+)")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message says which key and why."""
 
 

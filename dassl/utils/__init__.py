@@ -12,6 +12,7 @@ from .tools import (
     read_image,
     read_json,
     set_random_seed,
+    to_rgb,
     tolist_if_not,
     write_json,
 )

@@ -23,6 +23,7 @@ import torch.nn as nn
 from dassl.optim.lr_scheduler import ConstantWarmupScheduler, LinearWarmupScheduler
 
 from .atomic import atomic_write, write_text_atomic
+from .errors import UserError
 from .rng import restore_rng_state
 from .tools import mkdir_if_missing
 
@@ -59,7 +60,7 @@ _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 DIGEST_KEY = "content_sha256"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used: empty, truncated, corrupt, or not a checkpoint at all."""
 
 
