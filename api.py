@@ -31,7 +31,7 @@ from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import TRAINER_REGISTRY
 from dassl.utils import read_image, to_rgb
-from dassl.utils.errors import InputError
+from dassl.utils.errors import InputError, InputTypeError
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
 Images = Union[ImageInput, Sequence[ImageInput]]
@@ -63,24 +63,26 @@ class PromptClassifier:
         images go through the test transform, tensors are used as they are."""
         items = [images] if _is_single(images) else list(images)
         if not items:
-            raise ValueError("no images given")
+            raise InputError("no images given")
         tensors = []
         for item in items:
             if isinstance(item, torch.Tensor):
+                if item.dim() not in (3, 4) or item.shape[-3] != 3:
+                    raise InputError(f"image tensors must be [3, H, W] or [N, 3, H, W]; got shape {tuple(item.shape)}")
                 tensors.extend(item.unsqueeze(0) if item.dim() == 3 else item)
                 continue
             if isinstance(item, (str, os.PathLike)):
                 item = read_image(os.fspath(item))
             elif not isinstance(item, Image.Image):
-                raise TypeError(f"images must be paths, PIL images or tensors; got {type(item).__name__}")
+                raise InputTypeError(f"images must be paths, PIL images or tensors; got {type(item).__name__}")
             else:
                 item = to_rgb(item)  # as read_image converts a file: 16-bit, 32-bit and float images scaled
             if self.transform is None:
-                raise ValueError("INPUT.NO_TRANSFORM is set, so images cannot be preprocessed: give tensors")
+                raise InputError("INPUT.NO_TRANSFORM is set, so images cannot be preprocessed: give tensors")
             tensors.append(self.transform(item))
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-            raise ValueError(f"images must be [3, H, W] tensors of one size after preprocessing; got shapes {shapes}")
+            raise InputError(f"images must be [3, H, W] tensors of one size after preprocessing; got shapes {shapes}")
         return torch.stack(tensors)
 
     @torch.no_grad()
@@ -99,8 +101,10 @@ class PromptClassifier:
 
     def classify(self, images: Images, topk: int = 5) -> List[List[Tuple[str, float]]]:
         """Per image, the `topk` most probable (class name, probability) pairs, best first."""
+        if isinstance(topk, bool) or not isinstance(topk, int):
+            raise InputTypeError(f"topk must be an int; got {type(topk).__name__}")
         if topk < 1:
-            raise ValueError(f"topk must be >= 1; got {topk}")
+            raise InputError(f"topk must be >= 1; got {topk}")
         probs = self.predict_proba(images)
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=-1)
         return [[(self.classnames[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
@@ -160,7 +164,7 @@ def dataset_classnames(cfg, verbose: bool = False) -> List[str]:
         with _quiet(verbose):
             return list(build_dataset(cfg).classnames)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(
+        raise InputError(
             f"no class names given and the dataset {cfg.DATASET.NAME!r} could not be read from DATASET.ROOT "
             f"{cfg.DATASET.ROOT!r} ({e}); pass the class names, or the data root as opts DATASET.ROOT <path>") from e
 
@@ -175,15 +179,18 @@ def build_config(config_file: str = "", dataset_config_file: str = "", opts: Seq
 
 def _check_classnames(classnames: Sequence[str]) -> List[str]:
     if isinstance(classnames, str):
-        raise TypeError("classnames must be a list of names, not one string")
+        raise InputTypeError("classnames must be a list of names, not one string")
+    if isinstance(classnames, (set, frozenset, dict)) or not hasattr(classnames, "__iter__"):
+        # an unordered collection would give the labels an arbitrary order
+        raise InputTypeError(f"classnames must be a list of names (in label order); got {type(classnames).__name__}")
     names = [str(name).strip() for name in classnames]
     if not names:
-        raise ValueError("the class-name list is empty")
+        raise InputError("the class-name list is empty")
     if any(not name for name in names):
-        raise ValueError(f"empty class name at position {names.index('')}")
+        raise InputError(f"empty class name at position {names.index('')}")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"duplicate class names: {duplicates}")
+        raise InputError(f"duplicate class names: {duplicates}")
     return names
 
 

@@ -12,7 +12,7 @@ from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_fr
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.config.values import check_values
 from dassl.engine import TRAINER_REGISTRY, build_trainer
-from dassl.engine.run_folder import CONFIG_FILE_NAME, check_run_folder, move_aside
+from dassl.engine.run_folder import CONFIG_FILE_NAME, check_run_folder, move_aside, read_run_config
 from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_random_seed, setup_logger,
                          write_text_atomic)
 from dassl.utils.distributed import (
@@ -160,6 +160,16 @@ def check_flags(args: argparse.Namespace) -> None:
                          "(without --resume, a run resumes from its own --output-dir)")
 
 
+def check_model_trainer(cfg, model_dir: str) -> None:
+    """--model-dir of a run of another trainer (its config.yaml says which) is named before any model is built."""
+    run_dir = model_dir if osp.isdir(model_dir) else osp.dirname(osp.dirname(osp.abspath(model_dir)))
+    saved = read_run_config(run_dir)
+    if saved is not None and saved.get("TRAINER.NAME") != cfg.TRAINER.NAME:
+        raise UsageError(f"--model-dir {model_dir} holds a model of a {saved.get('TRAINER.NAME')} run (its "
+                         f"{CONFIG_FILE_NAME}), but this command builds {cfg.TRAINER.NAME}; give --trainer "
+                         f"{saved.get('TRAINER.NAME')} and that run's --config-file")
+
+
 def prepare_run_folder(cfg, args: argparse.Namespace) -> bool:
     """Make sure the output folder holds nothing but this config's run, before anything is written: with
     --force another run there is moved aside. Returns whether the folder already holds this config's run."""
@@ -211,6 +221,8 @@ def _main(args: argparse.Namespace):
     check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
     check_registered("dataset", cfg.DATASET.NAME, DATASET_REGISTRY)
     check_values(cfg, training=not args.eval_only)
+    if args.model_dir:
+        check_model_trainer(cfg, args.model_dir)
     if args.check_run_folder:
         check_run_folder(cfg, cfg.OUTPUT_DIR)
         return None

@@ -15,6 +15,10 @@ class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder, split file or annotation file is missing; the message says which and where to look."""
 
 
+class DatasetFileError(UserError, ValueError):
+    """A split or class-name file whose content is malformed; the message names the file and the entry."""
+
+
 def resolve_root(cfg) -> str:
     return os.path.abspath(os.path.expanduser(cfg.DATASET.ROOT or DEFAULT_ROOT))
 

@@ -167,3 +167,13 @@ def test_protocol_script_skips_only_its_own_finished_run(finished, tmp_path):
     assert other.returncode == 2
     assert re.fullmatch(r'train\.py: error: the output folder ".*/seed1" holds another run: its config\.yaml differs '
                         r"in OPTIM\.MAX_EPOCH 1 -> 2; .*FORCE=1.*\n", other.stderr)
+
+
+def test_model_dir_of_another_trainer_is_named(finished, tmp_path, capsys):
+    data, run = finished
+    line = refused(capsys, "--root", data, "--output-dir", str(tmp_path / "eval"), "--trainer", "MaPLe",
+                   "--dataset-config-file", DEMO, "--config-file",
+                   os.path.join(ROOT, "configs", "trainers", "MaPLe", "tiny.yaml"), "--eval-only", "--model-dir", run)
+    assert line == (f"train.py: error: --model-dir {run} holds a model of a CoOp run (its config.yaml), but this "
+                    "command builds MaPLe; give --trainer CoOp and that run's --config-file")
+    assert not (tmp_path / "eval").exists()

@@ -39,8 +39,8 @@ def check_values(cfg, training: bool) -> None:
     if training and cfg.OPTIM.MAX_EPOCH < 1:
         raise ConfigError(f"OPTIM.MAX_EPOCH must be >= 1 to train; got {cfg.OPTIM.MAX_EPOCH} (to evaluate a model "
                           "without training, use --eval-only)")
-    if cfg.OPTIM.LR <= 0:
-        raise ConfigError(f"OPTIM.LR must be > 0; got {cfg.OPTIM.LR}")
+    if training and cfg.OPTIM.LR <= 0:
+        raise ConfigError(f"OPTIM.LR must be > 0 to train; got {cfg.OPTIM.LR}")
     size = tuple(cfg.INPUT.SIZE)
     if len(size) != 2 or any(not isinstance(s, int) or s < 1 for s in size):
         raise ConfigError(f"INPUT.SIZE must be two positive integers (height, width); got {size}")

@@ -33,8 +33,12 @@ class UsageError(UserError, ValueError):
 
 
 class InputError(UserError, ValueError):
-    """A value, file or API argument the user gave that does not fit (wrong type or shape, a checkpoint of
+    """A value, file or API argument the user gave that does not fit (wrong shape or content, a checkpoint of
     another model); the message names it."""
+
+
+class InputTypeError(UserError, TypeError):
+    """An API argument of the wrong type; the message names the argument, the type given and the types taken."""
 
 
 def is_user_error(error: BaseException) -> bool:
