@@ -129,6 +129,8 @@ def check_csv_path(path: str) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.topk < 1:
         raise UsageError(f"--topk must be >= 1; got {args.topk}")
+    if args.zero_shot and args.epoch is not None:
+        raise UsageError("--epoch has no effect with --zero-shot (nothing was trained); drop it")
     if args.csv:
         check_csv_path(args.csv)
     images = collect_images(args.images)

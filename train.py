@@ -144,8 +144,9 @@ def check_flags(args: argparse.Namespace) -> None:
             if value not in ("", None):
                 raise UsageError(f"{flag} is used only with --eval-only (training resumes from --output-dir); "
                                  f"add --eval-only to evaluate that model, or drop {flag}")
-    elif args.resume:
-        raise UsageError("--resume has no effect with --eval-only; give the run to evaluate as --model-dir")
+    elif args.resume or args.no_train:
+        flag = "--resume" if args.resume else "--no-train"
+        raise UsageError(f"{flag} has no effect with --eval-only; give the run to evaluate as --model-dir")
     if args.force and args.resume:
         raise UsageError("--force moves the output folder's run aside, so there would be nothing to --resume; "
                          "give one of the two")

@@ -305,6 +305,7 @@ def train_py_error(capsys, *argv: str) -> str:
     (["--load-epoch", "2"], r"--load-epoch is used only with --eval-only"),
     (["--resume", "{tmp}/nowhere"], r"--resume .*/nowhere: no such folder; give the output folder of the run to resume"),
     (["--eval-only", "--model-dir", "{tmp}", "--resume", "{tmp}"], r"--resume has no effect with --eval-only"),
+    (["--eval-only", "--model-dir", "{tmp}", "--no-train"], r"--no-train has no effect with --eval-only"),
     (["--force", "--resume", "{tmp}"], r"--force moves the output folder's run aside, so there would be nothing to"),
     (["--eval-only", "--model-dir", "{tmp}/nowhere"], r"--model-dir .*/nowhere: no such folder or file"),
 ])
@@ -458,7 +459,7 @@ def test_api_arguments_of_wrong_type_or_shape_are_named(tiny_classifier, call, e
     assert isinstance(info.value, UserError)
 
 
-def test_predict_csv_path_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+def test_predict_flags_and_csv_path_are_checked_before_any_work(tmp_path, monkeypatch, capsys):
     image = str(tmp_path / "x.png")
     odd_image("RGB", 1).save(image)
 
@@ -466,9 +467,10 @@ def test_predict_csv_path_is_checked_before_any_work(tmp_path, monkeypatch, caps
         raise AssertionError("the classifier was loaded before the --csv path was checked")
 
     monkeypatch.setattr(predict, "load_classifier", must_not_load)
-    for csv_path, message in [(str(tmp_path), r"--csv .* is a folder; give a file name, e\.g\. .*predictions\.csv"),
-                              (str(tmp_path / "no" / "p.csv"), r"the folder .*/no does not exist")]:
+    for flags, message in [(["--csv", str(tmp_path)], r"--csv .* is a folder; give a file name, e\.g\. .*predictions\.csv"),
+                           (["--csv", str(tmp_path / "no" / "p.csv")], r"the folder .*/no does not exist"),
+                           (["--epoch", "2"], r"--epoch has no effect with --zero-shot")]:
         with pytest.raises(SystemExit) as exit_info:
-            predict.main(["--zero-shot", "--classnames", "a,b", image, "--csv", csv_path])
+            predict.main(["--zero-shot", "--classnames", "a,b", image, *flags])
         assert exit_info.value.code == 2
         assert re.search(message, capsys.readouterr().err)
