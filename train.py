@@ -176,7 +176,7 @@ def prepare_run_folder(cfg, args: argparse.Namespace) -> bool:
     --force another run there is moved aside. Returns whether the folder already holds this config's run."""
     if not cfg.OUTPUT_DIR:
         return False
-    role = "the output folder" if args.output_dir else f"the default output folder (no --output-dir given)"
+    role = "the output folder" if args.output_dir else "the default output folder (no --output-dir given)"
     if args.resume:
         check_run_folder(cfg, args.resume, role="the --resume folder")
     if args.force:

@@ -10,7 +10,7 @@ import math
 import os
 import random
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from dassl.data.datasets import Datum
 from dassl.utils import listdir_nohidden, read_json

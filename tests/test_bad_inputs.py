@@ -24,7 +24,7 @@ from datasets.check import __main__ as check_cli
 from datasets.demo import ensure_demo_data
 from datasets.imagenet import read_classnames
 from datasets.layout import DatasetFileError
-from reliability_testutils import ROOT, demo_cfg, make_image_folder, odd_image, tree_fingerprint
+from reliability_testutils import ROOT, demo_cfg, make_image_folder, odd_image, train_py_error, tree_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -290,16 +290,6 @@ def test_user_error_is_one_line_internal_error_keeps_its_traceback(capsys, monke
     assert run_command("prog", lambda: 7) == 7
 
 
-def train_py_error(capsys, *argv: str) -> str:
-    """The one stderr line of train.py ending with a user error (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        train.main(train.build_parser().parse_args(list(argv)))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("train.py: error: "), err
-    return err.strip()
-
-
 @pytest.mark.parametrize("flags,message", [
     (["--model-dir", "x"], r"--model-dir is used only with --eval-only .*add --eval-only to evaluate that model"),
     (["--load-epoch", "2"], r"--load-epoch is used only with --eval-only"),
@@ -331,6 +321,13 @@ def test_config_values_out_of_range_are_named(demo_root, opts, message, tmp_path
                           "--trainer", "CoOp", "DATASET.NAME", "Demo", *opts)
     assert re.search(message, line), line
     assert not (tmp_path / "out").exists()
+
+
+def test_backbone_errors_end_in_one_line(demo_root, tmp_path, capsys):
+    line = train_py_error(capsys, "--root", str(demo_root / "data"), "--output-dir", str(tmp_path / "out"),
+                          "--trainer", "CoOp", "DATASET.NAME", "Demo", "DATALOADER.NUM_WORKERS", "0",
+                          "MODEL.BACKBONE.NAME", "ViT-B/17")
+    assert re.match(r"train\.py: error: MODEL\.BACKBONE \(NAME 'ViT-B/17', PATH ''\): Unknown CLIP model 'ViT-B/17'", line)
 
 
 def test_num_shots_below_one_means_all_images(demo_root, tmp_path):
@@ -368,7 +365,7 @@ def test_malformed_split_file_names_file_and_entry(tmp_path):
                                                         r"train, val, test; found \['test', 'train'\]"),
         ({**good, "val": [["cat/0.png", "0", "cat"]]}, rf"split file \"{path}\": val\[0\] \['cat/0\.png', '0', 'cat'\] "
                                                       r"is not \[relative image path, label >= 0, class name\]"),
-        ({**good, "test": [["dog/1.png", 0, "dog"]]}, rf"test\[0\] .* names label 0 'dog', but train\[0\] names it 'cat'"),
+        ({**good, "test": [["dog/1.png", 0, "dog"]]}, r"test\[0\] .* names label 0 'dog', but train\[0\] names it 'cat'"),
     ]
     for content, message in cases:
         split_file.write_text(json.dumps(content))

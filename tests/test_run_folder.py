@@ -11,11 +11,10 @@ import pytest
 import torch
 
 import api
-import train
 from dassl.engine.run_folder import NON_RESULT_KEYS, decides_result, differing_keys
 from dassl.utils import load_checkpoint
 from datasets.demo import ensure_demo_data
-from reliability_testutils import ROOT, tree_fingerprint
+from reliability_testutils import ROOT, train_py, train_py_error, tree_fingerprint
 
 COOP_TINY = os.path.join(ROOT, "configs", "trainers", "CoOp", "tiny.yaml")
 DEMO = os.path.join(ROOT, "configs", "datasets", "demo.yaml")
@@ -23,32 +22,11 @@ DEMO = os.path.join(ROOT, "configs", "datasets", "demo.yaml")
 BASE_RUN_OPTS = ("DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1")
 
 
-def train_py(*argv: str):
-    """train.main in this process with stdout restored afterwards (train.py tees it into log.txt)."""
-    stdout = sys.stdout
-    try:
-        return train.main(train.build_parser().parse_args(list(argv)))
-    finally:
-        if sys.stdout is not stdout:
-            sys.stdout.close()
-            sys.stdout = stdout
-
-
 def coop_argv(data: str, *opts: str, flags=(), output_dir: str = "") -> list:
     """train.py's arguments for the fixture's run, with extra flags and KEY VALUE overrides (which come last)."""
     out = ["--output-dir", output_dir] if output_dir else []
     return ["--root", data, *out, "--trainer", "CoOp", "--seed", "1", "--dataset-config-file", DEMO,
             "--config-file", COOP_TINY, *flags, *BASE_RUN_OPTS, *opts]
-
-
-def refused(capsys, *argv: str) -> str:
-    """The one stderr line of a train.py call that must end with a user error (exit status 2)."""
-    with pytest.raises(SystemExit) as exit_info:
-        train_py(*argv)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err
-    return err.strip()
 
 
 @pytest.fixture(scope="module")
@@ -82,12 +60,12 @@ def test_result_deciding_keys_are_all_but_the_listed_ones():
 def test_rerun_with_another_config_is_refused_before_touching_the_folder(run_copy, capsys):
     data, run = run_copy
     before = tree_fingerprint(run)
-    line = refused(capsys, *coop_argv(data, "OPTIM.MAX_EPOCH", "2", flags=["--seed", "2"], output_dir=run))
+    line = train_py_error(capsys, *coop_argv(data, "OPTIM.MAX_EPOCH", "2", flags=["--seed", "2"], output_dir=run))
     assert line == (f'train.py: error: the output folder "{run}" holds another run: its config.yaml differs in '
                     f"OPTIM.MAX_EPOCH 1 -> 2, SEED 1 -> 2; use another --output-dir, or add --force (scripts: FORCE=1) "
                     f"to move the old run aside to {run}.old-1 and start over")
     # another trainer's run in the folder: named by its trainer
-    line = refused(capsys, "--root", data, "--output-dir", run, "--trainer", "MaPLe", "--dataset-config-file", DEMO,
+    line = train_py_error(capsys, "--root", data, "--output-dir", run, "--trainer", "MaPLe", "--dataset-config-file", DEMO,
                    "--config-file", os.path.join(ROOT, "configs", "trainers", "MaPLe", "tiny.yaml"), *BASE_RUN_OPTS)
     assert "TRAINER.NAME 'CoOp' -> 'MaPLe'" in line
     assert tree_fingerprint(run) == before
@@ -104,7 +82,7 @@ def test_same_config_resumes_and_keeps_its_config(run_copy, capsys):
 def test_force_moves_the_old_run_aside(run_copy, capsys):
     data, run = run_copy
     before = tree_fingerprint(run)
-    train_py(*coop_argv(data, "OPTIM.LR", "0.001", flags=["--force"], output_dir=run))
+    train_py(*coop_argv(data, "OPTIM.LR", "0.001", "TEST.NO_TEST", "True", flags=["--force"], output_dir=run))
     assert f"moved the run in {run} aside to {run}.old-1" in capsys.readouterr().out
     assert tree_fingerprint(run + ".old-1") == before
     assert "LR: 0.001" in open(os.path.join(run, "config.yaml")).read()
@@ -114,7 +92,7 @@ def test_force_moves_the_old_run_aside(run_copy, capsys):
 def test_checkpoints_without_a_config_are_refused(run_copy, capsys):
     data, run = run_copy
     os.remove(os.path.join(run, "config.yaml"))
-    line = refused(capsys, *coop_argv(data, output_dir=run))
+    line = train_py_error(capsys, *coop_argv(data, output_dir=run))
     assert re.fullmatch(rf'train\.py: error: the output folder "{re.escape(run)}" holds checkpoints '
                         rf"\({re.escape(run)}/prompt_learner/model\.pth\.tar-1, \.\.\.\) but no config\.yaml.*"
                         r"use another --output-dir, or add --force .*", line)
@@ -124,7 +102,7 @@ def test_default_output_folder_is_checked_like_any_other(finished, tmp_path, mon
     data, run = finished
     shutil.copytree(run, tmp_path / "output")
     monkeypatch.chdir(tmp_path)
-    line = refused(capsys, *coop_argv(data, flags=["--seed", "2"]))
+    line = train_py_error(capsys, *coop_argv(data, flags=["--seed", "2"]))
     assert line.startswith('train.py: error: the default output folder (no --output-dir given) "./output" holds '
                            "another run: its config.yaml differs in SEED 1 -> 2;")
 
@@ -142,7 +120,7 @@ def test_model_dir_checkpoint_file_is_the_file_loaded(run_copy, tmp_path, capsys
     classifier = api.load_prompted_clip(named, ["cat", "dog"], opts=["DATASET.ROOT", data])
     assert classifier.checkpoint == named
     assert torch.count_nonzero(classifier.trainer.model.prompt_learner.ctx) == 0
-    line = refused(capsys, *coop_argv(data, flags=["--eval-only", "--model-dir", named, "--load-epoch", "1"],
+    line = train_py_error(capsys, *coop_argv(data, flags=["--eval-only", "--model-dir", named, "--load-epoch", "1"],
                                       output_dir=str(tmp_path / "eval2")))
     assert line == (f"train.py: error: --model-dir {named} names one checkpoint file, which is the one evaluated; "
                     "drop --load-epoch (or give the run folder with --load-epoch)")
@@ -171,7 +149,7 @@ def test_protocol_script_skips_only_its_own_finished_run(finished, tmp_path):
 
 def test_model_dir_of_another_trainer_is_named(finished, tmp_path, capsys):
     data, run = finished
-    line = refused(capsys, "--root", data, "--output-dir", str(tmp_path / "eval"), "--trainer", "MaPLe",
+    line = train_py_error(capsys, "--root", data, "--output-dir", str(tmp_path / "eval"), "--trainer", "MaPLe",
                    "--dataset-config-file", DEMO, "--config-file",
                    os.path.join(ROOT, "configs", "trainers", "MaPLe", "tiny.yaml"), "--eval-only", "--model-dir", run)
     assert line == (f"train.py: error: --model-dir {run} holds a model of a CoOp run (its config.yaml), but this "

@@ -95,7 +95,11 @@ def load_clip_model(cfg, precision: Precision) -> nn.Module:
     backbone = cfg.MODEL.BACKBONE
     source = f", file: {backbone.PATH}" if backbone.PATH else ""
     print(f"Loading CLIP (backbone: {backbone.NAME}{source})")
-    state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
+    try:
+        state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
+    except (ValueError, RuntimeError) as e:
+        # clip/ stays independent of dassl: its errors about the named model or file become the config's
+        raise ConfigError(f"MODEL.BACKBONE (NAME {backbone.NAME!r}, PATH {backbone.PATH!r}): {e}") from e
     return precision.prepare(clip.build_model(state_dict))
 
 

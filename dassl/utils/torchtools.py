@@ -290,7 +290,7 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Dict[str, Any], sour
             problems.append(f"missing trainable parameters: {missing}")
         if mismatched:
             problems.append(f"shape mismatches: {mismatched}")
-        raise RuntimeError(
+        raise CheckpointError(
             f'Checkpoint "{source}" does not fit the model ({"; ".join(problems)}); was it saved by another trainer, '
             "config or class count? Use another output directory, or delete it to train from scratch"
         )
