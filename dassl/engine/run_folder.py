@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from dassl.utils.errors import UserError
+from dassl.utils.errors import UserError, one_line
 
 # The resolved config of a run, written into its output folder by that run only: its identity, and what the
 # inference API (api.py) and predict.py rebuild the trained model from.
@@ -72,15 +72,11 @@ def read_run_config(folder: str) -> Optional[Dict[str, Any]]:
         with open(path, encoding="utf-8") as f:
             loaded = yaml.safe_load(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise RunFolderError(f'cannot read the run config "{path}" ({one_line_reason(e)}); '
+        raise RunFolderError(f'cannot read the run config "{path}" ({one_line(str(e))}); '
                              f"{remedies(folder)}") from e
     if not isinstance(loaded, dict):
         raise RunFolderError(f'the run config "{path}" is not a mapping of config keys; {remedies(folder)}')
     return flatten(loaded)
-
-
-def one_line_reason(error: BaseException) -> str:
-    return " ".join(str(error).split())
 
 
 def differing_keys(old: Dict[str, Any], new: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
