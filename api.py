@@ -30,7 +30,8 @@ import train
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import TRAINER_REGISTRY
-from dassl.utils import read_image
+from dassl.utils import read_image, to_rgb
+from dassl.utils.errors import InputError, InputTypeError
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
 Images = Union[ImageInput, Sequence[ImageInput]]
@@ -62,24 +63,26 @@ class PromptClassifier:
         images go through the test transform, tensors are used as they are."""
         items = [images] if _is_single(images) else list(images)
         if not items:
-            raise ValueError("no images given")
+            raise InputError("no images given")
         tensors = []
         for item in items:
             if isinstance(item, torch.Tensor):
+                if item.dim() not in (3, 4) or item.shape[-3] != 3:
+                    raise InputError(f"image tensors must be [3, H, W] or [N, 3, H, W]; got shape {tuple(item.shape)}")
                 tensors.extend(item.unsqueeze(0) if item.dim() == 3 else item)
                 continue
             if isinstance(item, (str, os.PathLike)):
                 item = read_image(os.fspath(item))
             elif not isinstance(item, Image.Image):
-                raise TypeError(f"images must be paths, PIL images or tensors; got {type(item).__name__}")
-            elif item.mode != "RGB":
-                item = item.convert("RGB")
+                raise InputTypeError(f"images must be paths, PIL images or tensors; got {type(item).__name__}")
+            else:
+                item = to_rgb(item)  # as read_image converts a file: 16-bit, 32-bit and float images scaled
             if self.transform is None:
-                raise ValueError("INPUT.NO_TRANSFORM is set, so images cannot be preprocessed: give tensors")
+                raise InputError("INPUT.NO_TRANSFORM is set, so images cannot be preprocessed: give tensors")
             tensors.append(self.transform(item))
         shapes = {tuple(t.shape) for t in tensors}
         if len(shapes) != 1 or len(next(iter(shapes))) != 3:
-            raise ValueError(f"images must be [3, H, W] tensors of one size after preprocessing; got shapes {shapes}")
+            raise InputError(f"images must be [3, H, W] tensors of one size after preprocessing; got shapes {shapes}")
         return torch.stack(tensors)
 
     @torch.no_grad()
@@ -98,8 +101,10 @@ class PromptClassifier:
 
     def classify(self, images: Images, topk: int = 5) -> List[List[Tuple[str, float]]]:
         """Per image, the `topk` most probable (class name, probability) pairs, best first."""
+        if isinstance(topk, bool) or not isinstance(topk, int):
+            raise InputTypeError(f"topk must be an int; got {type(topk).__name__}")
         if topk < 1:
-            raise ValueError(f"topk must be >= 1; got {topk}")
+            raise InputError(f"topk must be >= 1; got {topk}")
         probs = self.predict_proba(images)
         values, indices = probs.topk(min(topk, probs.shape[1]), dim=-1)
         return [[(self.classnames[i], float(p)) for p, i in zip(row_p.tolist(), row_i.tolist())]
@@ -113,7 +118,8 @@ class PromptClassifier:
 def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = None, *, epoch: Optional[int] = None,
                        config_file: str = "", dataset_config_file: str = "", trainer: str = "",
                        opts: Sequence[str] = (), verbose: bool = False) -> PromptClassifier:
-    """The model trained in the output folder `model_dir` (or the checkpoint file `model_dir`), for `classnames`.
+    """The model trained in the output folder `model_dir` (or exactly the checkpoint file `model_dir`, whose
+    run config is that of the run folder it sits in: `<run>/<model name>/<file>`), for `classnames`.
 
     The config is the run's `config.yaml` (written by train.py); for runs without one, e.g. official
     releases, give the trainer and dataset YAML files of the run as `config_file` / `dataset_config_file`
@@ -122,8 +128,10 @@ def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = Non
     KEY VALUE config overrides (e.g. ["USE_CUDA", "False"]). `classnames` default to the run's dataset's
     (which must then be present under DATASET.ROOT).
     """
-    run_dir, checkpoint_epoch = _split_checkpoint_path(model_dir)
-    epoch = checkpoint_epoch if checkpoint_epoch is not None else epoch
+    run_dir, checkpoint_file = _split_model_path(model_dir)
+    if checkpoint_file and epoch is not None:
+        raise InputError(f"{model_dir} names one checkpoint file, which is the one loaded; drop epoch={epoch} "
+                         "(or give the run folder with epoch)")
     opts = [*(["TRAINER.NAME", trainer] if trainer else []), *opts]
     if config_file or dataset_config_file:
         cfg = build_config(config_file, dataset_config_file, opts)
@@ -135,7 +143,7 @@ def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = Non
                 f"pass the run's trainer and dataset YAML files as config_file / dataset_config_file")
         cfg = build_config(run_config, "", opts)
     trainer, classnames = _build(cfg, classnames, verbose)
-    checkpoint = _load_weights(trainer, run_dir, epoch, classnames, verbose)
+    checkpoint = _load_weights(trainer, checkpoint_file or run_dir, epoch, classnames, verbose)
     return PromptClassifier(trainer, cfg, classnames, checkpoint)
 
 
@@ -156,7 +164,7 @@ def dataset_classnames(cfg, verbose: bool = False) -> List[str]:
         with _quiet(verbose):
             return list(build_dataset(cfg).classnames)
     except (OSError, ValueError, KeyError) as e:
-        raise ValueError(
+        raise InputError(
             f"no class names given and the dataset {cfg.DATASET.NAME!r} could not be read from DATASET.ROOT "
             f"{cfg.DATASET.ROOT!r} ({e}); pass the class names, or the data root as opts DATASET.ROOT <path>") from e
 
@@ -171,15 +179,18 @@ def build_config(config_file: str = "", dataset_config_file: str = "", opts: Seq
 
 def _check_classnames(classnames: Sequence[str]) -> List[str]:
     if isinstance(classnames, str):
-        raise TypeError("classnames must be a list of names, not one string")
+        raise InputTypeError("classnames must be a list of names, not one string")
+    if isinstance(classnames, (set, frozenset, dict)) or not hasattr(classnames, "__iter__"):
+        # an unordered collection would give the labels an arbitrary order
+        raise InputTypeError(f"classnames must be a list of names (in label order); got {type(classnames).__name__}")
     names = [str(name).strip() for name in classnames]
     if not names:
-        raise ValueError("the class-name list is empty")
+        raise InputError("the class-name list is empty")
     if any(not name for name in names):
-        raise ValueError(f"empty class name at position {names.index('')}")
+        raise InputError(f"empty class name at position {names.index('')}")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise ValueError(f"duplicate class names: {duplicates}")
+        raise InputError(f"duplicate class names: {duplicates}")
     return names
 
 
@@ -207,16 +218,13 @@ class _NoDataMixin:
         self.lab2cname = dict(enumerate(self.classnames))
 
 
-def _split_checkpoint_path(path: str) -> Tuple[str, Optional[int]]:
-    """(run folder, epoch) of an output folder or of a checkpoint file `<run>/<model name>/model.pth.tar-N`."""
+def _split_model_path(path: str) -> Tuple[str, Optional[str]]:
+    """(run folder, checkpoint file or None) of an output folder or of a checkpoint file `<run>/<model name>/<file>`."""
     if osp.isdir(path):
         return path, None
     if osp.isfile(path):
-        match = _EPOCH_FILE.fullmatch(osp.basename(path))
-        if match:
-            return osp.dirname(osp.dirname(osp.abspath(path))), int(match.group(1))
-        raise ValueError(f"{path} is not a checkpoint file named model.pth.tar-<epoch>; give it or its run folder")
-    raise FileNotFoundError(f"model directory or checkpoint not found: {path}")
+        return osp.dirname(osp.dirname(osp.abspath(path))), path
+    raise FileNotFoundError(f"model directory or checkpoint file not found: {path}")
 
 
 def _latest_epoch(folder: str) -> Optional[int]:
@@ -238,18 +246,23 @@ def _latest_epoch(folder: str) -> Optional[int]:
     return max(epochs)
 
 
-def _load_weights(trainer, run_dir: str, epoch: Optional[int], classnames: List[str], verbose: bool) -> Optional[str]:
+def _load_weights(trainer, source: str, epoch: Optional[int], classnames: List[str], verbose: bool) -> Optional[str]:
+    """Load the checkpoint file `source`, or the epoch-`epoch` checkpoint of the run folder `source` (default: the
+    one saved last); returns the loaded file."""
     names = trainer.get_model_names()
     if not names:
         return None  # nothing learned (zero-shot CLIP)
-    if epoch is None:
-        epoch = _latest_epoch(osp.join(run_dir, names[0]))
-    path = osp.join(run_dir, names[0], _BEST_FILE if epoch is None else f"model.pth.tar-{epoch}")
+    if osp.isfile(source):
+        path = source
+    else:
+        if epoch is None:
+            epoch = _latest_epoch(osp.join(source, names[0]))
+        path = osp.join(source, names[0], _BEST_FILE if epoch is None else f"model.pth.tar-{epoch}")
     try:
         with _quiet(verbose):
-            trainer.load_model(run_dir, epoch=epoch)
+            trainer.load_model(source, epoch=epoch)
     except (KeyError, ValueError, RuntimeError) as e:
-        raise ValueError(f"the checkpoint {path} does not fit a {type(trainer).__name__} model for "
+        raise InputError(f"the checkpoint {path} does not fit a {type(trainer).__name__} model for "
                          f"{len(classnames)} classes: {e}") from e
     return path
 

@@ -18,6 +18,7 @@ import sys
 from typing import List, Optional, Sequence, Tuple
 
 from dassl.utils import write_text_atomic
+from dassl.utils.errors import UsageError, run_command
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -52,7 +53,7 @@ def read_classnames(spec: str) -> List[str]:
         with open(spec, encoding="utf-8") as f:
             names = [line.strip() for line in f if line.strip()]
         if not names:
-            raise ValueError(f"the class-name file {spec} is empty")
+            raise UsageError(f"the class-name file {spec} is empty; write one class name per line")
         return names
     return [name.strip() for name in spec.split(",")]
 
@@ -65,7 +66,7 @@ def collect_images(paths: Sequence[str]) -> List[str]:
             found = sorted(osp.join(folder, name) for folder, _, names in os.walk(path) for name in names
                            if name.lower().endswith(IMAGE_EXTENSIONS))
             if not found:
-                raise ValueError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {path}")
+                raise UsageError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in the folder {path}")
             images.extend(found)
         elif osp.isfile(path):
             images.append(path)
@@ -85,7 +86,7 @@ def load_classifier(args: argparse.Namespace):
         opts += ["USE_CUDA", "False"]
     if args.zero_shot:
         if classnames is None and not args.dataset_config_file:
-            raise ValueError("--zero-shot needs --classnames or --dataset-config-file")
+            raise UsageError("--zero-shot needs --classnames or --dataset-config-file")
         if classnames is None:
             cfg = api.build_config(args.config_file or api.ZERO_SHOT_CONFIG, args.dataset_config_file, opts)
             classnames = api.dataset_classnames(cfg, args.verbose)
@@ -114,22 +115,38 @@ def write_csv(path: str, results) -> None:
     write_text_atomic(path, buffer.getvalue())
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        if args.topk < 1:
-            raise ValueError(f"--topk must be >= 1; got {args.topk}")
-        images = collect_images(args.images)
-        classifier = load_classifier(args)
-        results = predict(classifier, images, args.topk)
-    except (OSError, ValueError, TypeError, KeyError) as e:
-        print(f"predict.py: error: {e}", file=sys.stderr)
-        return 2
+def check_csv_path(path: str) -> None:
+    """Refuse a --csv path that cannot be written before any work is done."""
+    if osp.isdir(path):
+        raise UsageError(f"--csv {path} is a folder; give a file name, e.g. {osp.join(path, 'predictions.csv')}")
+    folder = osp.dirname(osp.abspath(path))
+    if not osp.isdir(folder):
+        raise UsageError(f"--csv {path}: the folder {folder} does not exist; create it or choose another path")
+    if not os.access(folder, os.W_OK):
+        raise UsageError(f"--csv {path}: the folder {folder} is not writable; choose another path")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.topk < 1:
+        raise UsageError(f"--topk must be >= 1; got {args.topk}")
+    if args.zero_shot and args.epoch is not None:
+        raise UsageError("--epoch has no effect with --zero-shot (nothing was trained); drop it")
+    if args.csv:
+        check_csv_path(args.csv)
+    images = collect_images(args.images)
+    classifier = load_classifier(args)
+    results = predict(classifier, images, args.topk)
     for image, ranked in results:
         print(f"{image}: " + ", ".join(f"{name} ({prob:.3f})" for name, prob in ranked))
     if args.csv:
         write_csv(args.csv, results)
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status 0; a user error ends the process with one line `predict.py: error: ...` and status 2."""
+    args = build_parser().parse_args(argv)
+    return run_command("predict.py", lambda: run(args))
 
 
 if __name__ == "__main__":

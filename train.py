@@ -9,13 +9,15 @@ from typing import List, Optional
 import torch
 
 from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_from_list
+from dassl.config.values import check_values
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer, plugins
+from dassl.engine.run_folder import CONFIG_FILE_NAME, check_run_folder, move_aside, read_run_config
 from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_cuda_math, set_random_seed,
                          setup_logger, write_text_atomic)
 from dassl.utils.distributed import (
-    DistributedSetupError,
     LaunchEnv,
+    barrier,
     agree_on_seed,
     init_distributed,
     is_main_process,
@@ -23,16 +25,24 @@ from dassl.utils.distributed import (
     silence_stdout,
 )
 
-# The resolved config of a run, written into its output folder: the inference API (api.py) and predict.py
-# rebuild the trained model from it.
-CONFIG_FILE_NAME = "config.yaml"
+from dassl.utils.errors import UsageError, error_line, run_command
+
+# The default of OUTPUT_DIR (Dassl's): named in errors, since a user who gave no --output-dir may not know it.
+DEFAULT_OUTPUT_DIR = "./output"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", type=str, default="", help="path to dataset")
     parser.add_argument("--output-dir", type=str, default="", help="output directory")
-    parser.add_argument("--resume", type=str, default="", help="checkpoint directory (from which the training resumes)")
+    parser.add_argument("--resume", type=str, default="",
+                        help="output folder of an interrupted run of this config to resume from (must exist)")
+    parser.add_argument("--force", action="store_true",
+                        help="start over when the output folder holds a run: move it aside to <folder>.old-N "
+                             "(never deleted) instead of stopping")
+    parser.add_argument("--check-run-folder", action="store_true",
+                        help="only check that the output folder holds no run or a run of this same config "
+                             "(exit 0), else print why not (exit 2); nothing is run or written")
     parser.add_argument(
         "--seed", type=int, default=None, help="fixed seed when >= 0 (0 included), none when negative; default: the config's SEED"
     )
@@ -45,8 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone", type=str, default="", help="name of CNN backbone")
     parser.add_argument("--head", type=str, default="", help="name of head")
     parser.add_argument("--eval-only", action="store_true", help="evaluation only")
-    parser.add_argument("--model-dir", type=str, default="", help="load model from this directory for eval-only mode")
-    parser.add_argument("--load-epoch", type=int, help="load model weights at this epoch for evaluation")
+    parser.add_argument("--model-dir", type=str, default="",
+                        help="with --eval-only: the output folder of the run to evaluate, or one checkpoint file of it")
+    parser.add_argument("--load-epoch", type=int,
+                        help="with --eval-only and a --model-dir folder: evaluate model.pth.tar-<epoch> "
+                             "(default model-best.pth.tar)")
     parser.add_argument("--no-train", action="store_true", help="do not call trainer.train()")
     parser.add_argument(
         "--import",
@@ -123,7 +136,60 @@ def check_registered(kind: str, name: str, registry) -> None:
         raise ConfigError(f"unknown {kind} {name!r}; registered {kind}s: {', '.join(names)}{hint}")
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Refuse flags that would do nothing in the given mode, or contradict each other."""
+    if not args.eval_only:
+        for flag, value in (("--model-dir", args.model_dir), ("--load-epoch", args.load_epoch)):
+            if value not in ("", None):
+                raise UsageError(f"{flag} is used only with --eval-only (training resumes from --output-dir); "
+                                 f"add --eval-only to evaluate that model, or drop {flag}")
+    elif args.resume or args.no_train:
+        flag = "--resume" if args.resume else "--no-train"
+        raise UsageError(f"{flag} has no effect with --eval-only; give the run to evaluate as --model-dir")
+    if args.force and args.resume:
+        raise UsageError("--force moves the output folder's run aside, so there would be nothing to --resume; "
+                         "give one of the two")
+    if args.model_dir and osp.isfile(args.model_dir) and args.load_epoch is not None:
+        raise UsageError(f"--model-dir {args.model_dir} names one checkpoint file, which is the one evaluated; "
+                         "drop --load-epoch (or give the run folder with --load-epoch)")
+    if args.model_dir and not osp.exists(args.model_dir):
+        raise UsageError(f"--model-dir {args.model_dir}: no such folder or file; give the output folder of a "
+                         "trained run, or one of its checkpoint files")
+    if args.resume and not osp.isdir(args.resume):
+        raise UsageError(f"--resume {args.resume}: no such folder; give the output folder of the run to resume "
+                         "(without --resume, a run resumes from its own --output-dir)")
+
+
+def check_model_trainer(cfg, model_dir: str) -> None:
+    """--model-dir of a run of another trainer (its config.yaml says which) is named before any model is built."""
+    run_dir = model_dir if osp.isdir(model_dir) else osp.dirname(osp.dirname(osp.abspath(model_dir)))
+    saved = read_run_config(run_dir)
+    if saved is not None and saved.get("TRAINER.NAME") != cfg.TRAINER.NAME:
+        raise UsageError(f"--model-dir {model_dir} holds a model of a {saved.get('TRAINER.NAME')} run (its "
+                         f"{CONFIG_FILE_NAME}), but this command builds {cfg.TRAINER.NAME}; give --trainer "
+                         f"{saved.get('TRAINER.NAME')} and that run's --config-file")
+
+
+def prepare_run_folder(cfg, args: argparse.Namespace) -> bool:
+    """Make sure the output folder holds nothing but this config's run, before anything is written: with
+    --force another run there is moved aside. Returns whether the folder already holds this config's run."""
+    if not cfg.OUTPUT_DIR:
+        return False
+    role = "the output folder" if args.output_dir else "the default output folder (no --output-dir given)"
+    if args.resume:
+        check_run_folder(cfg, args.resume, role="the --resume folder")
+    if args.force:
+        if is_main_process():
+            moved = move_aside(cfg.OUTPUT_DIR)
+            if moved:
+                print(f"--force: moved the run in {cfg.OUTPUT_DIR} aside to {moved}")
+        barrier()  # no process may read the old run's files after this point
+        return False
+    return check_run_folder(cfg, cfg.OUTPUT_DIR, role=role)
+
+
 def save_config(cfg) -> None:
+    """config.yaml: written once, by the run that owns the folder."""
     if cfg.OUTPUT_DIR and is_main_process():
         write_text_atomic(osp.join(cfg.OUTPUT_DIR, CONFIG_FILE_NAME), cfg.dump())
 
@@ -141,31 +207,38 @@ def print_args(args: argparse.Namespace, cfg) -> None:
 
 
 def main(args: argparse.Namespace):
-    """Run the command; returns the trainer. Launched by torchrun (or srun with SLURM variables) it is one
-    process of a data-parallel run (dassl/utils/distributed.py, docs/DISTRIBUTED.md)."""
+    """Run the command; returns the trainer (None for --check-run-folder). A user error ends the process with
+    one line `train.py: error: ...` and exit status 2 (dassl/utils/errors.py). Launched by torchrun (or srun
+    with SLURM variables) it is one process of a data-parallel run (dassl/utils/distributed.py,
+    docs/DISTRIBUTED.md)."""
+    return run_command("train.py", lambda: _main(args))
+
+
+def _main(args: argparse.Namespace):
+    check_flags(args)
+    import_plugins(args.imports)
+    cfg = setup_cfg(args)
+    check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
+    check_registered("dataset", cfg.DATASET.NAME, DATASET_REGISTRY)
+    check_values(cfg, training=not args.eval_only)
+    if args.model_dir:
+        check_model_trainer(cfg, args.model_dir)
+    if args.check_run_folder:
+        check_run_folder(cfg, cfg.OUTPUT_DIR)
+        return None
+    launch = init_distributed(cfg.USE_CUDA)
     try:
-        import_plugins(args.imports)
-        cfg = setup_cfg(args)
-        check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
-        check_registered("dataset", cfg.DATASET.NAME, DATASET_REGISTRY)
-        launch = init_distributed(cfg.USE_CUDA)
-    except (ConfigError, DistributedSetupError) as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    try:
-        return run(args, cfg, launch)
-    except DistributedSetupError as e:
-        print(f"train.py: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        has_run = prepare_run_folder(cfg, args)
+        return run(args, cfg, launch, has_run)
     except FloatingPointError as e:  # a diverged loss: every process of a distributed run stops with this line
-        print(f"train.py: error: {e}", file=sys.stderr)
+        print(error_line("train.py", e), file=sys.stderr)
         sys.exit(1)
     finally:
         if launch is not None:
             shutdown_distributed()
 
 
-def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv]):
+def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv], has_run: bool = False):
     if is_main_process():
         setup_logger(cfg.OUTPUT_DIR)
     else:
@@ -182,8 +255,7 @@ def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv]):
         set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
 
     print_args(args, cfg)
-    if not args.eval_only:
-        # training runs only: an evaluation folder holds no model to rebuild
+    if not has_run:
         save_config(cfg)
     print("Collecting env info ...")
     print(f"** System info **\n{collect_env_info()}\n")

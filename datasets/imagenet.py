@@ -7,15 +7,32 @@ from dassl.utils import listdir_nohidden
 
 from .atomic import read_pickle, write_pickle_atomic
 from .benchmark import BenchmarkDataset
+from .layout import DatasetFileError
+
+
+class ClassNameMissingError(DatasetFileError, KeyError):
+    """A class folder without a line in classnames.txt (a KeyError, as before, for callers that catch one)."""
+
+    def __str__(self) -> str:  # KeyError's own str() would quote the message
+        return str(self.args[0])
 
 
 def read_classnames(text_file: str) -> "OrderedDict[str, str]":
-    """`classnames.txt`: lines `<folder> <class name words...>` -> {folder: class name}, in file order."""
+    """`classnames.txt`: lines `<folder> <class name words...>` -> {folder: class name}, in file order; blank lines
+    are skipped, a line without a class name or a folder named twice raises DatasetFileError naming the line."""
     classnames = OrderedDict()
-    with open(text_file) as f:
-        for line in f:
-            words = line.strip().split(" ")
-            classnames[words[0]] = " ".join(words[1:])
+    with open(text_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            folder, _, name = line.strip().partition(" ")  # the name keeps its inner spacing, as officially
+            if not folder:
+                continue
+            if not name.strip():
+                raise DatasetFileError(f'class-name file "{text_file}", line {number}: {folder!r} has no class name '
+                                       "(expected '<folder> <class name>')")
+            if folder in classnames:
+                raise DatasetFileError(f'class-name file "{text_file}", line {number}: the folder {folder!r} is named '
+                                       "a second time")
+            classnames[folder] = name
     return classnames
 
 
@@ -23,7 +40,8 @@ def classname_of(classnames: Dict[str, str], folder: str, text_file: str) -> str
     try:
         return classnames[folder]
     except KeyError:
-        raise KeyError(f"Class folder {folder!r} has no line in {text_file} (expected '<folder> <class name>').") from None
+        raise ClassNameMissingError(
+            f"Class folder {folder!r} has no line in {text_file} (expected '<folder> <class name>').") from None
 
 
 @DATASET_REGISTRY.register()

@@ -3,14 +3,20 @@ test-only variants and `python -m datasets.check`, so the loaders and the checke
 import os
 from typing import List
 
+from dassl.utils.errors import UserError
+
 # DATASET.ROOT left empty means this folder (relative to the working directory), which is also the
 # default `$DATA` of the scripts; the official code would silently use the working directory itself.
 DEFAULT_ROOT = "./data"
 DOCS = "docs/DATASETS.md"
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset folder, split file or annotation file is missing; the message says which and where to look."""
+
+
+class DatasetFileError(UserError, ValueError):
+    """A split or class-name file whose content is malformed; the message names the file and the entry."""
 
 
 def resolve_root(cfg) -> str:

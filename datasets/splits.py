@@ -10,30 +10,46 @@ import math
 import os
 import random
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from dassl.data.datasets import Datum
 from dassl.utils import listdir_nohidden, read_json
 
 from .atomic import write_json_atomic
+from .layout import DatasetFileError
 
 SUBSAMPLE_CHOICES = ("all", "base", "new")
+SPLIT_KEYS = ("train", "val", "test")
 
 Splits = Tuple[List[Datum], List[Datum], List[Datum]]
 
 
 def read_split(filepath: str, path_prefix: str) -> Splits:
-    """Read a `split_zhou_*.json` file: `[relative_path, label, classname]` triples joined onto `path_prefix`."""
-
-    def _convert(entries: Iterable[Sequence]) -> List[Datum]:
-        return [
-            Datum(impath=os.path.join(path_prefix, impath), label=int(label), classname=classname)
-            for impath, label, classname in entries
-        ]
-
+    """Read a `split_zhou_*.json` file: `[relative_path, label, classname]` triples joined onto `path_prefix`.
+    A malformed file raises DatasetFileError naming the file and the first bad entry."""
     print(f"Reading split from {filepath}")
     split = read_json(filepath)
-    return _convert(split["train"]), _convert(split["val"]), _convert(split["test"])
+    if not isinstance(split, dict) or any(not isinstance(split.get(key), list) for key in SPLIT_KEYS):
+        found = sorted(split) if isinstance(split, dict) else type(split).__name__
+        raise DatasetFileError(f'split file "{filepath}" must be an object with the lists {", ".join(SPLIT_KEYS)}; '
+                               f"found {found} (delete it if the dataset can rebuild it, see docs/DATASETS.md)")
+    names_of_label: Dict[int, Tuple[str, str]] = {}
+    splits = []
+    for key in SPLIT_KEYS:
+        items = []
+        for index, entry in enumerate(split[key]):
+            where = f'split file "{filepath}": {key}[{index}] {entry!r}'
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 3 and isinstance(entry[0], str)
+                    and isinstance(entry[1], int) and not isinstance(entry[1], bool) and entry[1] >= 0
+                    and isinstance(entry[2], str)):
+                raise DatasetFileError(f"{where} is not [relative image path, label >= 0, class name]")
+            impath, label, classname = entry
+            first = names_of_label.setdefault(label, (classname, f"{key}[{index}]"))
+            if first[0] != classname:
+                raise DatasetFileError(f"{where} names label {label} {classname!r}, but {first[1]} names it {first[0]!r}")
+            items.append(Datum(impath=os.path.join(path_prefix, impath), label=label, classname=classname))
+        splits.append(items)
+    return splits[0], splits[1], splits[2]
 
 
 def _relative(impath: str, path_prefix: str) -> str:

@@ -29,7 +29,6 @@ if [ "$TRAINER" = ZeroshotCLIP ]; then
 fi
 
 DIR="$(base2new_dir "test_$SUB" "$DATASET" "$SEED")"
-check_only "$DIR" --test-log
 resolve_model_dir "$(base2new_dir train_base "$DATASET" "$SEED")" \
     "run scripts/base2new_train.sh $DATASET $SEED first, with the same TRAINER/CFG/SHOTS"
 resolve_loadep

@@ -24,7 +24,6 @@ if [ "$TRAINER" = ZeroshotCLIP ]; then
 fi
 
 DIR="$(base2new_dir train_base "$DATASET" "$SEED")"
-check_only "$DIR"
 
 base_cmd "$DATASET" "$SEED" "$DIR"
 CMD+=(DATASET.NUM_SHOTS "$SHOTS" DATASET.SUBSAMPLE_CLASSES base ${OPTS[@]+"${OPTS[@]}"})

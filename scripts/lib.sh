@@ -21,7 +21,8 @@ COMMON_ENV_HELP="Environment:
   EXTRA_OPTS   extra 'KEY VALUE' config overrides, split on spaces; trailing script arguments are
                overrides too and may contain spaces, e.g. TRAINER.MAPLE.CTX_INIT 'a photo of a'
   OUTPUT_ROOT  where the output/ tree goes (default ./output in the repository)
-  FORCE=1      run even when the run folder already holds a final result
+  FORCE=1      run again even when the run folder already holds a final result, and start over when it
+               holds another config's run: the old run is moved aside to <folder>.old-N (never deleted)
   PYTHON       interpreter (default python3)"
 
 # ---------------------------------------------------------------- messages and argument checks
@@ -58,14 +59,15 @@ usage() {
     exit "$status"
 }
 
+# Errors follow the project's one style (dassl/utils/errors.py): "<program>: error: <what to do>", one line.
 die_usage() {
-    echo "error: $*" >&2
+    echo "${0##*/}: error: $*" >&2
     echo >&2
     usage 2
 }
 
 die() {
-    echo "error: $*" >&2
+    echo "${0##*/}: error: $*" >&2
     exit 1
 }
 
@@ -241,25 +243,32 @@ base_cmd() {
           --config-file "$CONFIG_FILE" --output-dir "$3")
 }
 
-# With CHECK_FINISHED=1 (used by sweep.sh) only report whether DIR is finished: print its result and exit 0
-# if so, else exit 1. With FORCE=1 nothing counts as finished (the job is to run again).
-check_only() {  # DIR [--test-log]
-    if [ "${CHECK_FINISHED:-0}" = 1 ]; then
-        if [ "${FORCE:-0}" != 1 ] && run_result "$@"; then exit 0; else exit 1; fi
-    fi
-}
-
-# Run CMD for DIR unless it already holds a result; print "LABEL accuracy: X%" at the end.
-# A folder without a result is resumed (train.py continues from its last checkpoint), as officially.
+# Run CMD for DIR unless DIR already holds this command's finished run; print "LABEL accuracy: X%" at the end.
+# A result counts only when the folder is this config's run (train.py --check-run-folder compares its
+# config.yaml with the command's config); a folder of another run stops the script with train.py's one-line
+# error. A folder without a result is resumed (train.py continues from its last checkpoint), as officially.
+# FORCE=1 runs the job again, train.py moving the old run aside. With CHECK_FINISHED=1 (sweep.sh) the job is
+# only checked: its result is printed and the exit status is 0 when it is finished, 1 otherwise.
 # kind is "train" or "test" (evaluation-only).
 run_job() {  # LABEL KIND DIR
     local label="$1" kind="$2" dir="$3"
     local flag=()
     if [ "$kind" = test ]; then flag=(--test-log); fi
-    local value
+    local value finished=0
     if [ "${FORCE:-0}" != 1 ] && value="$(run_result "$dir" ${flag[@]+"${flag[@]}"})"; then
+        # flags go before the trailing KEY VALUE overrides, which train.py reads to the end of the line
+        "${CMD[0]}" "${CMD[1]}" --check-run-folder "${CMD[@]:2}"
+        finished=1
+    fi
+    if [ "${CHECK_FINISHED:-0}" = 1 ]; then
+        if [ "$finished" = 1 ]; then echo "$value"; exit 0; else exit 1; fi
+    fi
+    if [ "$finished" = 1 ]; then
         echo "Results are available in ${dir}: finished, skipping (FORCE=1 runs it again)."
     else
+        if [ "${FORCE:-0}" = 1 ]; then
+            CMD=("${CMD[0]}" "${CMD[1]}" --force "${CMD[@]:2}")
+        fi
         if [ -d "$dir" ]; then
             echo "Results are available in ${dir}. Resuming..."
         else
@@ -292,7 +301,6 @@ zeroshot_eval() {  # SUB DATASET [SEED]; after load_settings, resolve_cfg and co
             ;;
         *) die_usage "SUB must be 'all', 'base' or 'new', got '$sub'" ;;
     esac
-    check_only "$DIR" --test-log
     base_cmd "$dataset" "$seed" "$DIR"
     CMD+=(--eval-only ${extra[@]+"${extra[@]}"} ${OPTS[@]+"${OPTS[@]}"})
     run_job "$label" test "$DIR"
@@ -324,7 +332,6 @@ train_all_classes() {  # PROTOCOL DATASET SEED [KEY VALUE ...]
     collect_opts "$@"
     method_settings
     DIR="$(all_class_dir "$DATASET" "$SEED")"
-    check_only "$DIR"
     base_cmd "$DATASET" "$SEED" "$DIR"
     CMD+=(DATASET.NUM_SHOTS "$SHOTS" ${METHOD_OPTS[@]+"${METHOD_OPTS[@]}"} ${OPTS[@]+"${OPTS[@]}"})
     run_job "$DATASET" train "$DIR"

@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Optional
 
+from dassl.utils.errors import USER_ERROR_STATUS, UserError, error_line
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BENCHMARKS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
@@ -53,7 +55,7 @@ STEP_NEEDS = {"base2new_test": "base2new_train", "xd_test": "xd_train"}
 POLL_SECONDS = 0.2
 
 
-class SweepError(Exception):
+class SweepError(UserError):
     """Bad settings; the message says which variable and the valid choices."""
 
 
@@ -287,8 +289,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not slots:
             raise SweepError("GPUS must name at least one slot, e.g. GPUS=0,1 or GPUS=cpu")
     except SweepError as error:
-        print(f"sweep: {error}", file=sys.stderr)
-        return 2
+        print(error_line("sweep", error), file=sys.stderr)
+        return USER_ERROR_STATUS
     out_root = env.get("OUTPUT_ROOT", os.path.join(REPO_ROOT, "output"))
     log_root = env.get("SWEEP_LOGS", os.path.join(out_root, "sweep_logs"))
 

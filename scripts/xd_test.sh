@@ -24,7 +24,6 @@ collect_opts "$@"
 method_settings
 
 DIR="$(evaluation_dir "$DATASET" "$SEED")"
-check_only "$DIR" --test-log
 resolve_model_dir "$(all_class_dir "$SOURCE" "$SEED")" \
     "run scripts/xd_train.sh $SOURCE $SEED first, with the same TRAINER/CFG/SHOTS"
 resolve_loadep

@@ -2,9 +2,11 @@
 awkward images, and a fingerprint of a folder tree to prove that a failure damaged nothing on disk."""
 import hashlib
 import os
+import sys
 from typing import Dict, Sequence
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import train
@@ -51,3 +53,24 @@ def make_image_folder(folder: str, classes: Sequence[str], modes: Sequence[str],
         for i in range(per_class):
             extension = "jpg" if mode == "CMYK" else "png"
             odd_image(mode, label * 100 + i).save(os.path.join(folder, classname, f"{i}.{extension}"))
+
+
+def train_py(*argv: str):
+    """train.main in this process, with stdout restored afterwards (train.py tees it into the run's log.txt)."""
+    stdout = sys.stdout
+    try:
+        return train.main(train.build_parser().parse_args(list(argv)))
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+
+
+def train_py_error(capsys, *argv: str) -> str:
+    """The one stderr line of a train.py call that must end with a user error: exit status 2, no traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        train_py(*argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("train.py: error: ") and "Traceback" not in err, err
+    return err.strip()

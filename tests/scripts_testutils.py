@@ -60,6 +60,8 @@ def write(path: str, text: str) -> str:
 FAKE_TRAIN = r'''
 import json, os, sys
 args = sys.argv[2:]  # after "train.py"
+if "--check-run-folder" in args:
+    sys.exit(0)  # the scripts' identity check of a finished folder: the fake writes no config.yaml, so any is fine
 with open(os.environ["FAKE_RECORD"], "a") as record:
     record.write(json.dumps(args) + "\n")
 out = args[args.index("--output-dir") + 1]

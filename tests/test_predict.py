@@ -87,7 +87,9 @@ def test_bad_inputs_exit_2_with_a_message(run, tmp_path, capsys):
         (["--zero-shot", image], "--zero-shot needs --classnames"),
     ]
     for argv, message in cases:
-        assert predict.main(argv) == 2, argv
+        with pytest.raises(SystemExit) as exit_info:
+            predict.main(argv)
+        assert exit_info.value.code == 2, argv
         err = capsys.readouterr().err
         assert err.startswith("predict.py: error: ")
         assert re.search(message, err), (argv, err)

@@ -67,12 +67,12 @@ def test_train_resume_and_eval_only_end_to_end(tmp_path):
     assert _accuracy(second.stdout) == trained_acc
     assert len([f for f in os.listdir(out) if f.startswith("log.txt-")]) == 1
 
-    # eval-only from the saved epoch: same accuracy, only a log in its own output folder
+    # eval-only from the saved epoch: same accuracy, a log and the evaluation's config in its own output folder
     eval_out = str(tmp_path / "eval")
     third = run_train(["--output-dir", eval_out, "--eval-only", "--model-dir", out, "--load-epoch", "2", *common])
     assert third.returncode == 0, third.stderr
     assert _accuracy(third.stdout) == trained_acc
-    assert os.listdir(eval_out) == ["log.txt"]
+    assert sorted(os.listdir(eval_out)) == ["config.yaml", "log.txt"]
 
 
 def _args(*argv):

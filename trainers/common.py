@@ -28,9 +28,11 @@ from clip import clip
 from clip.model import fused_attention
 from clip.simple_tokenizer import SimpleTokenizer
 from clip.text_plan import TextPlan, leading_shared_positions, plan_text
+from dassl.config import ConfigError
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
+from dassl.utils.errors import InputError
 
 PRECISIONS = ("fp16", "fp32", "amp", "bf16")
 
@@ -44,7 +46,7 @@ _tokenizer = SimpleTokenizer()
 def check_precision(name: str, key: str) -> None:
     """Raise a ValueError naming the config key and the valid choices when `name` is not a known mode."""
     if name not in PRECISIONS:
-        raise ValueError(f"{key} must be one of {', '.join(PRECISIONS)}; got {name!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}; got {name!r}")
 
 
 class Precision:
@@ -94,7 +96,11 @@ def load_clip_model(cfg, precision: Precision) -> nn.Module:
     backbone = cfg.MODEL.BACKBONE
     source = f", file: {backbone.PATH}" if backbone.PATH else ""
     print(f"Loading CLIP (backbone: {backbone.NAME}{source})")
-    state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
+    try:
+        state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
+    except (ValueError, RuntimeError) as e:
+        # clip/ stays independent of dassl: its errors about the named model or file become the config's
+        raise ConfigError(f"MODEL.BACKBONE (NAME {backbone.NAME!r}, PATH {backbone.PATH!r}): {e}") from e
     return precision.prepare(clip.build_model(state_dict))
 
 
@@ -112,7 +118,7 @@ def apply_model_switches(clip_model: nn.Module, cfg) -> None:
 def check_input_size(cfg, clip_model: nn.Module) -> None:
     resolution = clip_model.visual.input_resolution
     if cfg.INPUT.SIZE[0] != resolution:
-        raise ValueError(
+        raise ConfigError(
             f"INPUT.SIZE {tuple(cfg.INPUT.SIZE)} does not match the input resolution {resolution} of the backbone "
             f"{cfg.MODEL.BACKBONE.NAME!r}; set INPUT.SIZE ({resolution}, {resolution})"
         )
@@ -122,16 +128,27 @@ def vision_width(clip_model: nn.Module, method: str) -> int:
     """Hidden width of the vision transformer; a clear error for ResNet backbones, which take no prompts."""
     visual = clip_model.visual
     if not hasattr(visual, "class_embedding"):
-        raise ValueError(
+        raise ConfigError(
             f"{method} puts prompts into the vision transformer and needs a ViT backbone (e.g. ViT-B/16); "
             f"the loaded backbone is a ModifiedResNet ({type(visual).__name__})"
         )
     return visual.class_embedding.shape[-1]
 
 
+def check_prompt_counts(node, prefix: str) -> None:
+    """Every N_CTX* (prompt tokens) and PROMPT_DEPTH* (prompted layers) key of a method node is an integer >= 1;
+    the vision side may be 0, which turns vision prompting off (the IVLP "language only" ablation). The upper
+    bounds depend on the backbone and are checked when the prompts are built."""
+    for key in sorted(node):
+        if key.startswith(("N_CTX", "PROMPT_DEPTH")):
+            minimum = 0 if key.endswith("_VISION") else 1
+            if node[key] < minimum:
+                raise ConfigError(f"{prefix}.{key} must be >= {minimum}; got {node[key]}")
+
+
 def check_depth(depth: int, layers: int, key: str) -> None:
     if not 1 <= depth <= layers:
-        raise ValueError(f"{key} must be between 1 and {layers} (the backbone's number of layers); got {depth}")
+        raise ConfigError(f"{key} must be between 1 and {layers} (the backbone's number of layers); got {depth}")
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -152,6 +169,11 @@ def init_text_context(
     """
     dtype = clip_model.dtype
     width = clip_model.ln_final.weight.shape[0]
+    context_length = clip_model.positional_embedding.shape[0]
+    if n_ctx > context_length - 3:
+        # before allocating: a huge N_CTX would otherwise first try to allocate the context
+        raise ConfigError(f"N_CTX {n_ctx} does not fit the text context length {context_length} of the backbone "
+                          f"(SOS, a class name and EOT need at least 3 tokens): use at most {context_length - 3}")
     ctx_init = ctx_init.replace("_", " ")
     if ctx_init and (derive_n_ctx or n_ctx <= 4):
         if derive_n_ctx:
@@ -159,7 +181,7 @@ def init_text_context(
         tokens = clip.tokenize(ctx_init).to(clip_model.token_embedding.weight.device)
         n_tokens = int(tokens.argmax(dim=-1)) - 1
         if n_tokens < n_ctx:
-            raise ValueError(
+            raise ConfigError(
                 f"CTX_INIT {ctx_init!r} has {n_tokens} tokens, fewer than N_CTX {n_ctx}; use a longer phrase, "
                 f"a smaller N_CTX or an empty CTX_INIT"
             )
@@ -267,7 +289,7 @@ def check_prompts_fit(clip_model: nn.Module, prompts: Sequence[str]) -> None:
     longest = max(range(len(prompts)), key=lengths.__getitem__)
     excess = lengths[longest] - context_length
     if excess > 0:
-        raise ValueError(
+        raise ConfigError(
             f"the prompt {prompts[longest]!r} needs {lengths[longest]} tokens, more than the text context length "
             f"{context_length} of the backbone: lower N_CTX (or shorten CTX_INIT or the class name) by at least {excess}"
         )
@@ -520,7 +542,7 @@ def load_prompt_weights(module: nn.Module, state_dict: dict) -> None:
     wrong = [f"{name}: checkpoint {tuple(renamed[name].shape)} vs model {tuple(p.shape)}"
              for name, p in trainable.items() if renamed[name].shape != p.shape]
     if wrong:
-        raise ValueError("checkpoint shapes differ from the model (trained with another N_CTX, PROMPT_DEPTH, CSC, "
+        raise InputError("checkpoint shapes differ from the model (trained with another N_CTX, PROMPT_DEPTH, CSC, "
                          "class count or backbone?): " + "; ".join(wrong))
     module.load_state_dict({name: renamed[name] for name in trainable}, strict=False)
 
@@ -542,6 +564,7 @@ class PromptTrainer(TrainerX):
 
     def check_cfg(self, cfg) -> None:
         check_precision(cfg.TRAINER[self.METHOD_KEY].PREC, f"TRAINER.{self.METHOD_KEY}.PREC")
+        check_prompt_counts(cfg.TRAINER[self.METHOD_KEY], f"TRAINER.{self.METHOD_KEY}")
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         raise NotImplementedError
@@ -601,5 +624,6 @@ class PromptTrainer(TrainerX):
             print(f'Loading weights to {name} from "{model_path}" (epoch = {checkpoint["epoch"]})')
             try:
                 load_prompt_weights(self._models[name], checkpoint["state_dict"])
-            except ValueError as error:
-                raise ValueError(f'Checkpoint "{model_path}" does not fit the model: {error}') from error
+            except (KeyError, ValueError) as error:
+                reason = error.args[0] if isinstance(error, KeyError) else error
+                raise InputError(f'Checkpoint "{model_path}" does not fit the model: {reason}') from error

@@ -4,6 +4,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 
@@ -18,7 +19,7 @@ class PromptLearner(TextPromptLearner):
     def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module):
         node = cfg.TRAINER.COOP
         if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
-            raise ValueError(f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {', '.join(CLASS_TOKEN_POSITIONS)}; "
+            raise ConfigError(f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {', '.join(CLASS_TOKEN_POSITIONS)}; "
                              f"got {node.CLASS_TOKEN_POSITION!r}")
         class_specific = bool(node.CSC) and not node.CTX_INIT
         if not node.CTX_INIT:

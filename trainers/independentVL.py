@@ -5,6 +5,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
+from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, check_depth, init_text_context,
@@ -20,7 +21,7 @@ class VLPromptLearner(TextPromptLearner):
         # `method`: the config node TRAINER.<method> holding the keys (PromptSRC has the same architecture)
         node = cfg.TRAINER[method]
         if node.PROMPT_DEPTH_TEXT < 1:
-            raise ValueError(f"TRAINER.{method}.PROMPT_DEPTH_TEXT must be >= 1 for independent V-L prompting; "
+            raise ConfigError(f"TRAINER.{method}.PROMPT_DEPTH_TEXT must be >= 1 for independent V-L prompting; "
                              "use the VPT trainer to learn vision prompts only")
         width = clip_model.ln_final.weight.shape[0]
         check_depth(node.PROMPT_DEPTH_TEXT, clip_model.transformer.layers, f"TRAINER.{method}.PROMPT_DEPTH_TEXT")

@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from clip.model import fused_attention
+from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, cosine_logits, encode_class_templates,
@@ -51,14 +52,14 @@ PROMPTSRC_TEMPLATES = (IMAGENET_TEMPLATES[39],) + IMAGENET_TEMPLATES[:39] + IMAG
 def gpa_weights(mean: float, std: float, max_epoch: int) -> torch.Tensor:
     """Weight of each epoch 1..max_epoch: the normal density N(e; mean, std), normalised to sum 1 (float64)."""
     if std <= 0:
-        raise ValueError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0; got {std}")
+        raise ConfigError(f"TRAINER.PROMPTSRC.GPA_STD must be > 0; got {std}")
     if max_epoch < 1:
-        raise ValueError(f"OPTIM.MAX_EPOCH must be >= 1 for PromptSRC's prompt aggregation; got {max_epoch}")
+        raise ConfigError(f"OPTIM.MAX_EPOCH must be >= 1 for PromptSRC's prompt aggregation; got {max_epoch}")
     epochs = torch.arange(1, max_epoch + 1, dtype=torch.float64)
     density = torch.exp(-0.5 * ((epochs - mean) / std) ** 2) / (std * math.sqrt(2 * math.pi))
     total = density.sum()
     if not total > 0:
-        raise ValueError(f"TRAINER.PROMPTSRC.GPA_MEAN {mean} / GPA_STD {std} give every epoch 1..{max_epoch} a "
+        raise ConfigError(f"TRAINER.PROMPTSRC.GPA_MEAN {mean} / GPA_STD {std} give every epoch 1..{max_epoch} a "
                          "zero weight; put GPA_MEAN within the epochs or widen GPA_STD")
     return density / total
 

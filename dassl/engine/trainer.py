@@ -49,6 +49,7 @@ from dassl.utils.distributed import (
     synchronize_trainable_parameters,
     training_device,
 )
+from dassl.utils.errors import InputError
 
 
 class TrainerBase:
@@ -154,6 +155,14 @@ class TrainerBase:
         None) for every registered model; nothing, with Dassl's note, when no directory is given."""
         if not directory:
             print("Note that load_model() is skipped as no pretrained model is given")
+            return
+        if osp.isfile(directory):
+            # one checkpoint file named: exactly that file is loaded, whatever its name or folder
+            names = self.get_model_names()
+            if len(names) != 1:
+                raise InputError(f'"{directory}" is one checkpoint file, but {type(self).__name__} has {len(names)} '
+                                 f"models ({', '.join(names) or 'none'}); give the run folder")
+            yield names[0], directory, load_checkpoint(directory)
             return
         model_file = "model-best.pth.tar" if epoch is None else f"model.pth.tar-{epoch}"
         for name in self.get_model_names():

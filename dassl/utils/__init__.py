@@ -13,6 +13,7 @@ from .tools import (
     read_json,
     set_cuda_math,
     set_random_seed,
+    to_rgb,
     tolist_if_not,
     write_json,
 )

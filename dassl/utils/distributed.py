@@ -29,10 +29,11 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 
+from .errors import UserError
 from .tools import set_random_seed
 
 
-class DistributedSetupError(RuntimeError):
+class DistributedSetupError(UserError, RuntimeError):
     """The launcher's environment does not describe a usable process group (the message says what to set)."""
 
 

@@ -97,25 +97,63 @@ def tolist_if_not(x: Any) -> list:
     return x if isinstance(x, list) else [x]
 
 
-def _sixteen_bit_to_rgb(img: Image.Image) -> Image.Image:
-    # PIL's own "I;16" -> "RGB" conversion clips at 255 (nearly white images); scale the full range instead.
-    arr = np.asarray(img, dtype=np.float64)
-    arr = np.clip(np.rint(arr / 257.0), 0, 255).astype(np.uint8)
-    return Image.fromarray(arr, mode="L").convert("RGB")
+# Integer sample modes and the full scale of their values; "I" (32-bit signed) images usually hold 16-bit data
+# (16-bit PNGs and TIFFs open as "I"), so values that fit 16 bits are read as 16-bit, others over 31 bits.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+_SIXTEEN_BIT_MAX = 65535
+_INT32_MAX = 2**31 - 1
+# Environment variable that sets PIL's decompression-bomb limit (pixels; 0 = no limit) for a trusted dataset of
+# very large images; PIL refuses images of more than twice its limit (default about 179 million pixels).
+MAX_PIXELS_ENV = "PROMPTCLIP_MAX_IMAGE_PIXELS"
+
+
+def _scaled_to_rgb(values: np.ndarray, full_scale: float) -> Image.Image:
+    grey = np.clip(np.rint(values * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL image. PIL's own conversion clips high-bit-depth values at 255 (16- and 32-bit integer
+    images come out nearly white) and truncates floats (a [0, 1] float image comes out black); those are scaled
+    over their full range instead: 16-bit integers over 0..65535, 32-bit integers over 0..65535 when they fit
+    16 bits (16-bit PNG / TIFF files open as 32-bit) else over 0..2^31-1, floats over 0..1 (clipped)."""
+    if img.mode in _SIXTEEN_BIT_MODES:
+        return _scaled_to_rgb(np.asarray(img, dtype=np.float64), _SIXTEEN_BIT_MAX)
+    if img.mode == "I":
+        values = np.asarray(img, dtype=np.float64)
+        fits_16_bits = values.size == 0 or (values.min() >= 0 and values.max() <= _SIXTEEN_BIT_MAX)
+        return _scaled_to_rgb(values, _SIXTEEN_BIT_MAX if fits_16_bits else _INT32_MAX)
+    if img.mode == "F":
+        return _scaled_to_rgb(np.nan_to_num(np.asarray(img, dtype=np.float64)), 1.0)
+    return img.convert("RGB")
+
+
+def _apply_pixel_limit() -> None:
+    value = os.environ.get(MAX_PIXELS_ENV, "")
+    if not value:
+        return
+    try:
+        limit = int(value)
+    except ValueError:
+        raise OSError(f"{MAX_PIXELS_ENV} must be a whole number of pixels (0 = no limit); got {value!r}") from None
+    Image.MAX_IMAGE_PIXELS = limit if limit > 0 else None
 
 
 def read_image(path: str) -> Image.Image:
-    """Open an image as 8-bit RGB (grey, palette, RGBA, CMYK and 16-bit images are converted).
+    """Open an image as 8-bit RGB (every PIL mode converted by `to_rgb`, high bit depths scaled).
 
-    Raises OSError naming `path` when the file is missing, truncated or not an image, so a broken file in a
-    dataset is reported by name instead of as an anonymous DataLoader worker crash.
+    Raises OSError naming `path` when the file is missing, truncated, not an image, or larger than PIL's
+    decompression-bomb limit, so a broken file in a dataset is reported by name instead of as an anonymous
+    DataLoader worker crash.
     """
+    _apply_pixel_limit()
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-                return _sixteen_bit_to_rgb(img)
-            return img.convert("RGB")
+            return to_rgb(img)
+    except Image.DecompressionBombError as e:
+        raise OSError(f'Cannot read image "{path}": {e}; if the file is trusted, raise the limit with the environment '
+                      f"variable {MAX_PIXELS_ENV}=<pixels> (0 = no limit)") from e
     except (OSError, ValueError, SyntaxError) as e:
         raise OSError(f'Cannot read image "{path}": {e}') from e
 

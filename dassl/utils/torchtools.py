@@ -23,6 +23,7 @@ import torch.nn as nn
 from dassl.optim.lr_scheduler import ConstantWarmupScheduler, LinearWarmupScheduler
 
 from .atomic import atomic_write, write_text_atomic
+from .errors import UserError
 from .rng import restore_rng_state
 from .tools import mkdir_if_missing
 
@@ -59,7 +60,7 @@ _EPOCH_FILE = re.compile(r"^model\.pth\.tar-(\d+)$")
 DIGEST_KEY = "content_sha256"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint file that cannot be used: empty, truncated, corrupt, or not a checkpoint at all."""
 
 
@@ -313,7 +314,7 @@ def load_trainable_state_dict(model: nn.Module, state_dict: Dict[str, Any], sour
             problems.append(f"missing trainable parameters: {missing}")
         if mismatched:
             problems.append(f"shape mismatches: {mismatched}")
-        raise RuntimeError(
+        raise CheckpointError(
             f'Checkpoint "{source}" does not fit the model ({"; ".join(problems)}); was it saved by another trainer, '
             "config or class count? Use another output directory, or delete it to train from scratch"
         )

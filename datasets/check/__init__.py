@@ -15,7 +15,9 @@ from typing import Dict, List, Optional, Sequence
 import yaml
 from yacs.config import CfgNode
 
+from dassl.config import get_cfg_default
 from dassl.data.datasets import DATASET_REGISTRY
+from dassl.utils.errors import UsageError
 
 from ..layout import DEFAULT_ROOT, doc_reference
 
@@ -56,17 +58,20 @@ def resolve_names(requested: Sequence[str]) -> List[str]:
     lookup.update({name.lower(): name for name in DATASET_REGISTRY.registered_names()})
     unknown = [r for r in requested if r.lower() not in lookup]
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"Unknown dataset(s): {', '.join(unknown)}. Valid: {', '.join(sorted(set(stems) | set(lookup.values())))}"
         )
     return [lookup[r.lower()] for r in requested]
 
 
 def loading_cfg(root: str) -> CfgNode:
-    """The config keys the dataset classes read: the whole split, no few-shot, all classes."""
-    cfg = CfgNode()
+    """train.py's config with every key a dataset class may read (the datasets' own keys too, e.g.
+    DATASET.IMAGE_FOLDER), set to load the whole split: no few-shot, all classes."""
+    from trainers.config import extend_cfg
+
+    cfg = get_cfg_default()
+    extend_cfg(cfg)
     cfg.SEED = -1
-    cfg.DATASET = CfgNode()
     cfg.DATASET.ROOT = root
     cfg.DATASET.NUM_SHOTS = -1
     cfg.DATASET.SUBSAMPLE_CLASSES = "all"

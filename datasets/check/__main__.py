@@ -2,6 +2,7 @@ import argparse
 import sys
 
 import datasets  # noqa: F401  (registers every dataset)
+from dassl.utils.errors import run_command
 from datasets.check import default_root, format_status, run
 
 
@@ -16,10 +17,11 @@ def main(argv=None) -> int:
         "names", nargs="*", help="config names (oxford_pets) or registry names (OxfordPets); default: all 15 benchmarks"
     )
     args = parser.parse_args(argv)
-    try:
-        statuses = run(args.root, args.names)
-    except ValueError as error:
-        parser.error(str(error))
+    return run_command(parser.prog, lambda: report(args.root, args.names))
+
+
+def report(root: str, names) -> int:
+    statuses = run(root, names)
     for status in statuses:
         print(format_status(status))
     return 0 if all(status.found for status in statuses) else 1
