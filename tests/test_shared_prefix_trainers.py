@@ -43,7 +43,7 @@ def _run(trainer_name: str, config: str, opts: tuple, shared: bool, monkeypatch)
         trainer.set_model_mode("train")
         trainer.batch_idx, trainer.num_batches = 0, 3
         for _ in range(2):
-            result["losses"].append(trainer.forward_backward({"img": images, "label": labels})["loss"])
+            result["losses"].append(float(trainer.forward_backward({"img": images, "label": labels})["loss"]))
             result["grads"].append({name: p.grad.clone() for name, p in trainer.model.named_parameters()
                                     if p.grad is not None})
         result["params"] = {name: p.detach().clone() for name, p in trainer.model.named_parameters()
