@@ -80,6 +80,15 @@ def test_bad_model_settings(demo_root, tmp_path, opts, error, message, untouched
         build_trainer(demo_cfg(str(demo_root / "data"), str(tmp_path / "out"), *opts))
 
 
+@pytest.mark.parametrize("trainer, n_tokens", [("IVLP", "10000000"), ("VPT", "18"), ("VPT", "0")])
+def test_vision_prompt_tokens_are_bounded_by_the_image_tokens(demo_root, tmp_path, trainer, n_tokens, untouched):
+    # The tiny backbone has 17 image tokens (CLS + 4x4 patches); a huge count is refused before any allocation.
+    with pytest.raises(ValueError, match=rf"TRAINER\.{trainer}\.N_CTX_VISION must be between 1 and 17, the "
+                                         rf"backbone's own image tokens .*; got {n_tokens}$"):
+        build_trainer(demo_cfg(str(demo_root / "data"), str(tmp_path / "out"), f"TRAINER.{trainer}.N_CTX_VISION",
+                               n_tokens, trainer=trainer))
+
+
 # ---------------------------------------------------------------- datasets and images
 
 

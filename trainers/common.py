@@ -206,6 +206,16 @@ def prompt_parameters(count: int, n_tokens: int, width: int) -> nn.ParameterList
     return params
 
 
+def check_vision_prompt_tokens(n_tokens: int, clip_model: nn.Module, key: str) -> None:
+    """Vision prompt tokens are appended to the image tokens, so no position limit bounds them as the context
+    length bounds text prompts; more prompt tokens than the image's own (CLS and patches) is refused as a
+    mistake (the papers use 2 to 16), before anything is allocated."""
+    image_tokens = clip_model.visual.positional_embedding.shape[0]
+    if not 1 <= n_tokens <= image_tokens:
+        raise ConfigError(f"{key} must be between 1 and {image_tokens}, the backbone's own image tokens (CLS and "
+                          f"patches; the papers use 2 to 16); got {n_tokens}")
+
+
 def round_to_dtype_(module: nn.Module, dtype: torch.dtype) -> nn.Module:
     """Round a module's (fp32 master) parameters through `dtype`, reproducing the official initial values of
     modules it casts to CLIP's dtype (e.g. MaPLe's `proj.half()`), while training continues in fp32."""

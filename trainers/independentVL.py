@@ -8,7 +8,8 @@ import torch.nn as nn
 from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, check_depth, init_text_context,
+from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, check_depth,
+                     check_vision_prompt_tokens, init_text_context,
                      prompt_parameters, vision_width)
 
 
@@ -38,6 +39,7 @@ class VLPromptLearner(TextPromptLearner):
             visual_width = vision_width(clip_model, f"{method} with vision prompts")
             check_depth(node.PROMPT_DEPTH_VISION, clip_model.visual.transformer.layers,
                         f"TRAINER.{method}.PROMPT_DEPTH_VISION")
+            check_vision_prompt_tokens(node.N_CTX_VISION, clip_model, f"TRAINER.{method}.N_CTX_VISION")
             self.vision_ctx = prompt_parameters(1, node.N_CTX_VISION, visual_width)[0]
             self.vision_deep_prompts = prompt_parameters(node.PROMPT_DEPTH_VISION - 1, node.N_CTX_VISION, visual_width)
 

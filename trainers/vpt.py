@@ -5,11 +5,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import (FixedTextLearner, PromptedCLIP, PromptTrainer, SpeedOptions, check_depth, encode_class_templates,
-                     prompt_parameters, vision_width)
+from .common import (FixedTextLearner, PromptedCLIP, PromptTrainer, SpeedOptions, check_depth,
+                     check_vision_prompt_tokens, encode_class_templates, prompt_parameters, vision_width)
 
 TEXT_TEMPLATE = "a photo of a {}."
 
@@ -22,8 +21,7 @@ class VisionPromptLearner(FixedTextLearner):
         node = cfg.TRAINER.VPT
         visual_width = vision_width(clip_model, "VPT")
         check_depth(node.PROMPT_DEPTH_VISION, clip_model.visual.transformer.layers, "TRAINER.VPT.PROMPT_DEPTH_VISION")
-        if node.N_CTX_VISION < 1:
-            raise ConfigError(f"TRAINER.VPT.N_CTX_VISION must be >= 1; got {node.N_CTX_VISION}")
+        check_vision_prompt_tokens(node.N_CTX_VISION, clip_model, "TRAINER.VPT.N_CTX_VISION")
         print("Vision Prompting Design")
         print(f"Number of context words (tokens) for Vision prompting: {node.N_CTX_VISION}")
         print(f'Using fixed hand crafted prompts: "{TEXT_TEMPLATE}"')
