@@ -34,6 +34,10 @@ __all__ = ["TextPlan", "leading_shared_positions", "plan_text"]
 # A text-encoder call costs about as much as this many extra token positions (kernel launches, small
 # matrix products), so rows are split into length groups only where that saves more positions.
 _GROUP_COST_IN_POSITIONS = 256
+# The same cost for the shared prefix's own encoder pass (and its keys and values joined to every tail's in each
+# layer): a prefix is shared only where that saves more positions, so a few short prompts (the demo's ten
+# classes) are encoded whole, as before.
+_PREFIX_COST_IN_POSITIONS = _GROUP_COST_IN_POSITIONS
 
 
 def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
@@ -110,7 +114,8 @@ def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True
     never lengthens a row). shared_prefix: the caller's statement that positions 0..shared_prefix-1 are
     identical, as tensors, within each of `prefix_groups` consecutive equal blocks of rows (found with
     `leading_shared_positions`; 0: nothing shared). The prefix actually used stops before the earliest EOT
-    (each row reads its EOT from its own tail) and is 0 when a group has a single row (nothing to share)."""
+    (each row reads its EOT from its own tail), and is 0 when sharing would save fewer positions than the
+    prefix's own pass costs (`_PREFIX_COST_IN_POSITIONS`; always for groups of a single row)."""
     eot = [int(e) for e in eot_indices]
     rows = len(eot)
     if rows == 0:
@@ -119,8 +124,9 @@ def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True
         raise ValueError(f"{rows} text rows cannot form {prefix_groups} prefix groups of equal size")
     if max(eot) >= context or min(eot) < 0:
         raise ValueError(f"EOT positions must lie in 0..{context - 1}; got {min(eot)}..{max(eot)}")
-    prefix = min(shared_prefix, min(eot)) if rows // prefix_groups >= 2 else 0
-    prefix = max(prefix, 0)
+    prefix = max(min(shared_prefix, min(eot)), 0)
+    if (rows - prefix_groups) * prefix <= _PREFIX_COST_IN_POSITIONS:  # positions saved: all rows but one per group
+        prefix = 0
     if not truncate:
         groups = ((tuple(range(rows)), None),)
     else:

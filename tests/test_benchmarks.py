@@ -102,8 +102,9 @@ def test_ablation_test_pass_and_floor_columns(tmp_path):
     floor = test["ours"]["floor"]
     assert floor["flops"] > 0 and floor["matmul_gflops"] > 0 and floor["times_floor"] > 0
     assert "floor" not in without  # FLOPs are counted for our path only
-    # the shared prefix is encoded once instead of once per class: less counted work in a training step
-    flops = [measure(Spec("MaPLe", DEMO_MAPLE, "ViT-Tiny", 3, "train", warmup=0, steps=1, count_flops=True,
+    # the shared prefix is encoded once instead of once per class: less counted work in a training step (at 60
+    # classes; a few classes are encoded whole, the prefix's own pass costing more than it saves)
+    flops = [measure(Spec("MaPLe", DEMO_MAPLE, "ViT-Tiny", 60, "train", warmup=0, steps=1, count_flops=True,
                           disabled=disabled))["flops"] for disabled in ([], ["SHARED_PREFIX"])]
     assert flops[0] < flops[1]
     with pytest.raises(ValueError, match="unknown speed-up"):

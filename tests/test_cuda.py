@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from benchmarks.measure import plain_opts
+from clip import text_plan
 from dassl.utils import set_cuda_math
 from datasets.demo import ensure_demo_data
 from trainers_testutils import DEMO_TRAINERS, clip_state, demo_trainer, same_tensors
@@ -44,8 +45,9 @@ def test_every_trainer_trains_and_evaluates_on_cuda(name, config, prec_key, prec
                                          ("IVLP", "IVLP/tiny.yaml"), ("CoCoOp", "CoCoOp/tiny.yaml"),
                                          ("PromptSRC", "PromptSRC/tiny.yaml")])
 def test_every_speedup_gives_the_plain_logits_on_cuda(name, config, data_root, tmp_path, monkeypatch):
-    """Evaluation cache, text truncation, fused attention, evaluation chunks (and any switch added under
-    TRAINER.SPEEDUPS, which plain_opts turns off too) against the plain path, in exact fp32."""
+    """Evaluation cache, text truncation, shared prefix, fused attention, evaluation chunks (and any switch added
+    under TRAINER.SPEEDUPS, which plain_opts turns off too) against the plain path, in exact fp32."""
+    monkeypatch.setattr(text_plan, "_PREFIX_COST_IN_POSITIONS", 0)  # share the prefix of the demo's few classes
     opts = ("USE_CUDA", "True", "CUDA_EXACT_FP32", "True", "TRAINER.EVAL_TEXT_CHUNK", "3")
     ours = demo_trainer(name, config, data_root, str(tmp_path / "ours"), *opts)
     plain = demo_trainer(name, config, data_root, str(tmp_path / "plain"), *opts, *plain_opts(ours.cfg))

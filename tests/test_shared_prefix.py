@@ -7,6 +7,7 @@ import torch
 
 from clip import clip
 from clip import model as clip_model
+from clip import text_plan
 from clip.text_plan import leading_shared_positions, plan_text
 from sync_testutils import count_host_syncs
 from trainers.cocoop import CoCoOpCLIP
@@ -17,6 +18,13 @@ from trainers.maple import MultiModalPromptLearner
 from trainers_testutils import fp32_clip, method_cfg
 
 NAMES = ["tench", "great white shark", "x", "goldfish", "tiger shark", "hen"]
+
+
+
+@pytest.fixture(autouse=True)
+def share_any_prefix(monkeypatch):
+    """These tests use a few short prompts, which the cost rule would encode whole: share every prefix."""
+    monkeypatch.setattr(text_plan, "_PREFIX_COST_IN_POSITIONS", 0)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +192,15 @@ def test_planned_text_encodes_make_no_host_sync(tiny):
     with count_host_syncs() as calls:
         tiny.encode_text(tokens)
     assert "tolist" in calls
+
+
+def test_a_prefix_is_shared_only_where_it_saves_more_than_its_own_pass(monkeypatch):
+    # With the real cost (this module's fixture lowers it): 10 prompts with a prefix of 5 positions would save
+    # 45 positions, so they are encoded whole; 500 save 2495 and share it. Per image (CoCoOp, 2 images), the
+    # saving counts every row but one per image.
+    cost = text_plan._GROUP_COST_IN_POSITIONS
+    monkeypatch.setattr(text_plan, "_PREFIX_COST_IN_POSITIONS", cost)
+    for rows, groups, shared in [(10, 1, False), (500, 1, True), (2 * 100, 2, True), (2 * 10, 2, False)]:
+        plan = plan_text([12] * rows, 77, shared_prefix=5, prefix_groups=groups)
+        assert plan.prefix == (5 if shared else 0), (rows, groups)
+        assert shared == ((rows - groups) * 5 > cost)
