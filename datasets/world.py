@@ -1,8 +1,9 @@
 """The demo world: procedurally drawn scenes of named objects with attributes, and captions of them.
 
-One scene is an object (a shape with a real-word name) with a colour, a size, a texture, a position and a
-background colour. `render` draws it as a small RGB image; `caption` describes it in words, naming a random
-subset of its attributes ("a photo of a small red striped star on the left."). The demo backbone is
+One scene is an object (a shape with a real-word name) with a colour, a size, a texture, a position, a
+background colour and a drawing style (photo, line drawing, painting). `render` draws it as a small RGB image;
+`caption` describes it in words, opening mostly with its style and naming a random subset of its attributes
+("a photo of a small red striped star on the left."). The demo backbone is
 contrastively pre-trained on (render, caption) pairs (scripts/pretrain_demo_backbone.py), and the `demo`
 dataset draws the same objects in a shifted style (`shift_style`) that the backbone never saw.
 
