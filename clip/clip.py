@@ -16,6 +16,7 @@ from .model import CLIP, METADATA_KEYS, build_model, infer_config
 from .model_files import MODEL_URLS, model_file
 from .random_models import RANDOM_MODELS, random_state_dict
 from .simple_tokenizer import EOT, SOT, SimpleTokenizer
+from .widened_models import WIDENED_MODELS, widened_state_dict
 
 __all__ = ["available_models", "build_model", "load", "load_state_dict", "tokenize"]
 
@@ -30,8 +31,9 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def available_models() -> list[str]:
-    """Every backbone name `load` and `_MODELS` resolve: OpenAI's, the ones shipped with this package, the
-    random architectures (and any name a plugin added to `_MODELS`)."""
+    """Every backbone name `load` and `_MODELS` resolve: OpenAI's, the ones shipped with this package (and
+    their widened versions, clip/widened_models.py), the random architectures (and any name a plugin added
+    to `_MODELS`)."""
     return list(_MODELS)
 
 
@@ -59,7 +61,7 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
 
     `path` non-empty: read that local file (this is MODEL.BACKBONE.PATH). Otherwise `name` is an OpenAI
     model (downloaded, cached, SHA-256 verified), a model shipped with this package (SHA-256 verified, never
-    downloaded) or a random architecture ("RandomInit-...")."""
+    downloaded) or its widened version (derived from it in memory) or a random architecture ("RandomInit-...")."""
     if path:
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
@@ -68,6 +70,8 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
         source = path
     elif name in RANDOM_MODELS:  # generated in memory: no file needed
         return random_state_dict(name)
+    elif name in WIDENED_MODELS:  # derived in memory from a verified shipped file
+        state_dict, source = widened_state_dict(name), name
     elif name in BUNDLED_MODELS:
         source = verified_bundled_path(name)
         state_dict = _read_checkpoint(source)

@@ -6,9 +6,10 @@ run on all of them:
   cache and verified (clip/download.py);
 - the models shipped in clip/weights/ (the demo's): "bundled://<sha256>/<file name>", verified against that
   SHA-256 (the one recorded in clip/bundled_models.py) and returned where they lie, never downloaded;
-- the random architectures: "random://<file name>"; the file is written into the cache from the seeded
-  random state dict and is trusted only while its SHA-256 equals that of the bytes generated now, so a
-  damaged or stale file is rewritten, never used.
+- the random architectures ("random://<file name>") and the widened shipped ones ("widened://<file name>",
+  clip/widened_models.py): the file is written into the cache from the state dict generated now (seeded
+  random weights; the verified shipped weights, widened) and is trusted only while its SHA-256 equals that
+  of the bytes generated now, so a damaged or stale file is rewritten, never used.
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ import torch
 from .bundled_models import BUNDLED_MODELS, verified_bundled_path
 from .download import OPENAI_MODELS, default_cache_dir, download, sha256_of
 from .random_models import RANDOM_MODELS, random_state_dict
+from .widened_models import WIDENED_MODELS, widened_state_dict
 
 BUNDLED_SCHEME = "bundled://"
 RANDOM_SCHEME = "random://"
+WIDENED_SCHEME = "widened://"
 
 
 def _file_name(model_name: str) -> str:
@@ -33,12 +36,17 @@ def _file_name(model_name: str) -> str:
 
 
 _BUNDLED_BY_FILE = {model.filename: name for name, model in BUNDLED_MODELS.items()}
-_RANDOM_BY_FILE = {_file_name(name): name for name in RANDOM_MODELS}
+# scheme -> (file name -> model name, the function generating that model's state dict)
+_GENERATED = {
+    RANDOM_SCHEME: ({_file_name(name): name for name in RANDOM_MODELS}, random_state_dict),
+    WIDENED_SCHEME: ({_file_name(name): name for name in WIDENED_MODELS}, widened_state_dict),
+}
 
 MODEL_URLS: dict[str, str] = {
     **OPENAI_MODELS,
     **{name: f"{BUNDLED_SCHEME}{model.sha256}/{model.filename}" for name, model in BUNDLED_MODELS.items()},
-    **{name: f"{RANDOM_SCHEME}{file}" for file, name in _RANDOM_BY_FILE.items()},
+    **{name: f"{WIDENED_SCHEME}{file}" for file, name in _GENERATED[WIDENED_SCHEME][0].items()},
+    **{name: f"{RANDOM_SCHEME}{file}" for file, name in _GENERATED[RANDOM_SCHEME][0].items()},
 }
 
 
@@ -53,12 +61,13 @@ def _bundled_file(url: str) -> str:
     return verified_bundled_path(name)
 
 
-def _random_file(url: str, root: str) -> str:
-    file = url[len(RANDOM_SCHEME):]
-    if file not in _RANDOM_BY_FILE:
-        raise RuntimeError(f"{url} names no random architecture; known: {sorted(_RANDOM_BY_FILE)}")
+def _generated_file(url: str, scheme: str, root: str) -> str:
+    by_file, generate = _GENERATED[scheme]
+    file = url[len(scheme):]
+    if file not in by_file:
+        raise RuntimeError(f"{url} names no model generated under {scheme}; known: {sorted(by_file)}")
     buffer = io.BytesIO()
-    torch.save(random_state_dict(_RANDOM_BY_FILE[file]), buffer)
+    torch.save(generate(by_file[file]), buffer)
     data = buffer.getvalue()
     target = os.path.join(root, file)
     if os.path.isfile(target) and sha256_of(target) == hashlib.sha256(data).hexdigest():
@@ -79,6 +88,7 @@ def model_file(url: str, root: str | None = None) -> str:
     if url.startswith(BUNDLED_SCHEME):
         return _bundled_file(url)
     root = os.path.expanduser(root) if root else default_cache_dir()
-    if url.startswith(RANDOM_SCHEME):
-        return _random_file(url, root)
+    for scheme in _GENERATED:
+        if url.startswith(scheme):
+            return _generated_file(url, scheme, root)
     return download(url, root)

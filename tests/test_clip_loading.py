@@ -130,7 +130,7 @@ def test_offline_error_names_url_cache_path_and_local_option(tmp_path, monkeypat
 def test_model_names():
     openai = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
     # every name a third-party trainer can look up in clip._MODELS: OpenAI's, the demo's, the random ones
-    assert clip.available_models() == openai + ["DemoCLIP-ViT-Tiny"] + list(RANDOM_MODELS)
+    assert clip.available_models() == openai + ["DemoCLIP-ViT-Tiny", "DemoCLIP-ViT-Tiny-Wide"] + list(RANDOM_MODELS)
     assert list(clip.clip._MODELS) == clip.available_models()
     # URLs of files that exist somewhere carry their SHA-256 as the second-to-last segment
     assert all(len(clip.clip._MODELS[name].split("/")[-2]) == 64 for name in openai + ["DemoCLIP-ViT-Tiny"])

@@ -60,7 +60,9 @@ def test_demo_backbone_resolves_to_the_shipped_file_verified(tmp_path, monkeypat
 
 
 def test_unknown_pseudo_urls_are_refused():
-    with pytest.raises(RuntimeError, match="names no random architecture"):
+    with pytest.raises(RuntimeError, match="names no model generated under random://; known: .*RandomInit-RN-Tiny.pt"):
         clip._download("random://RandomInit-ViT-Huge.pt")
+    with pytest.raises(RuntimeError, match=r"generated under widened://; known: \['DemoCLIP-ViT-Tiny-Wide.pt'\]"):
+        clip._download("widened://DemoCLIP-ViT-Tiny.pt")
     with pytest.raises(RuntimeError, match="names no model shipped"):
         clip._download("bundled://" + "0" * 64 + "/Other.pt")
