@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import attention, fused_attention, fused_attention_enabled, set_fused_attention
+from .linear import Linear, linear
 from .resnet import ModifiedResNet
 from .text_plan import TextPlan, plan_text
 
@@ -118,7 +119,7 @@ class SelfAttention(nn.Module):
         self.heads = heads
         self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
-        self.out_proj = nn.Linear(width, width)
+        self.out_proj = Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool, prefix_kv: Optional[KeysValues] = None) -> torch.Tensor:
         return self.forward_keeping_kv(x, causal, prefix_kv)[0]
@@ -128,7 +129,7 @@ class SelfAttention(nn.Module):
         """(output, this input's keys and values [N, heads, L, d]). `prefix_kv`: keys and values of a shared
         prefix [N, heads, P, d] that the queries attend to before their own (causal: queries follow it)."""
         batch, length, width = x.shape
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)
+        qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
         q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         keys, values = k, v
         if prefix_kv is not None:
@@ -143,9 +144,9 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, width * 4)),
+            ("c_fc", Linear(width, width * 4)),
             ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(width * 4, width)),
+            ("c_proj", Linear(width * 4, width)),
         ]))
         self.ln_2 = LayerNorm(width)
 
@@ -318,7 +319,7 @@ class VisionTransformer(nn.Module):
                                  "counts must match (pass `prompts` when using `deep_prompts`)")
         x = self.ln_pre(x)
         x = self.transformer.forward_batch_first(x, deep_prompts, prompt_start=x.shape[1] - n_prompts)
-        return self.ln_post(x[:, 0]) @ self.proj
+        return linear(self.ln_post(x[:, 0]), self.proj.t())
 
 
 @dataclass(frozen=True)
@@ -450,7 +451,7 @@ class CLIP(nn.Module):
             eot = eot_indices if every_row else eot_indices[rows]
             # LayerNorm acts per token, so normalising only the EOT rows is the same as normalising all.
             x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot - prefix])
-            features.append(x @ self.text_projection)
+            features.append(linear(x, self.text_projection.t()))
         features = features[0] if len(features) == 1 else torch.cat(features)
         return features if inverse is None else features[inverse]
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import attention
+from .linear import Linear
 
 EXPANSION = 4  # output channels of a bottleneck = planes * EXPANSION
 
@@ -51,10 +52,10 @@ class AttentionPool2d(nn.Module):
     def __init__(self, spatial_dim: int, embed_dim: int, num_heads: int, output_dim: int):
         super().__init__()
         self.positional_embedding = nn.Parameter(torch.empty(spatial_dim ** 2 + 1, embed_dim))
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.c_proj = Linear(embed_dim, output_dim)
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
