@@ -20,6 +20,7 @@ import io
 import os
 import os.path as osp
 import re
+import sys
 from types import SimpleNamespace
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
@@ -27,10 +28,12 @@ import torch
 from PIL import Image
 
 import train
+from dassl.config import ConfigError
 from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
-from dassl.engine import TRAINER_REGISTRY
+from dassl.engine import TRAINER_REGISTRY, plugins
 from dassl.utils import read_image, to_rgb
+from dassl.utils.distributed import training_device
 from dassl.utils.errors import InputError, InputTypeError
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
@@ -45,11 +48,14 @@ _BEST_FILE = "model-best.pth.tar"
 class PromptClassifier:
     """A built trainer's model in evaluation mode plus its test transform. Calls never record gradients."""
 
-    def __init__(self, trainer, cfg, classnames: Sequence[str], checkpoint: Optional[str]):
+    def __init__(self, trainer, cfg, classnames: Sequence[str], checkpoint: Optional[str],
+                 cuda_calls_on_cpu: bool = False):
         self.trainer = trainer
         self.cfg = cfg
         self.classnames = list(classnames)
         self.checkpoint = checkpoint  # the loaded file, None for zero-shot CLIP
+        # a trainer file of another repository on the CPU: its own .cuda() calls must leave tensors here
+        self.cuda_calls_on_cpu = cuda_calls_on_cpu
         with _quiet(verbose=False):
             self.transform = build_transform(cfg, is_train=False)
         trainer.set_model_mode("eval")
@@ -90,7 +96,8 @@ class PromptClassifier:
         """[N, n_classes] logits, computed in batches of DATALOADER.TEST.BATCH_SIZE like the evaluation."""
         batch = self.preprocess(images)
         size = max(1, self.cfg.DATALOADER.TEST.BATCH_SIZE)
-        outputs = [self.trainer.model_inference(part.to(self.device)).float().cpu() for part in batch.split(size)]
+        with plugins.cuda_calls_kept_on_cpu(self.cuda_calls_on_cpu):
+            outputs = [self.trainer.model_inference(part.to(self.device)).float().cpu() for part in batch.split(size)]
         return torch.cat(outputs)
 
     __call__ = logits
@@ -117,7 +124,8 @@ class PromptClassifier:
 
 def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = None, *, epoch: Optional[int] = None,
                        config_file: str = "", dataset_config_file: str = "", trainer: str = "",
-                       opts: Sequence[str] = (), verbose: bool = False) -> PromptClassifier:
+                       opts: Sequence[str] = (), imports: Sequence[str] = (),
+                       verbose: bool = False) -> PromptClassifier:
     """The model trained in the output folder `model_dir` (or exactly the checkpoint file `model_dir`, whose
     run config is that of the run folder it sits in: `<run>/<model name>/<file>`), for `classnames`.
 
@@ -126,7 +134,8 @@ def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = Non
     and the trainer's name as `trainer` (the scripts pass it on the command line, not in the YAML).
     `epoch` picks `model.pth.tar-<epoch>` (default: the checkpoint the run saved last); `opts` are
     KEY VALUE config overrides (e.g. ["USE_CUDA", "False"]). `classnames` default to the run's dataset's
-    (which must then be present under DATASET.ROOT).
+    (which must then be present under DATASET.ROOT). `imports` are the modules the run was trained with
+    `--import` (a trainer file of another repository), imported under train.py's rules.
     """
     run_dir, checkpoint_file = _split_model_path(model_dir)
     if checkpoint_file and epoch is not None:
@@ -134,17 +143,21 @@ def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = Non
                          "(or give the run folder with epoch)")
     opts = [*(["TRAINER.NAME", trainer] if trainer else []), *opts]
     if config_file or dataset_config_file:
-        cfg = build_config(config_file, dataset_config_file, opts)
+        cfg = build_config(config_file, dataset_config_file, opts, imports)
     else:
         run_config = osp.join(run_dir, train.CONFIG_FILE_NAME)
         if not osp.isfile(run_config):
             raise FileNotFoundError(
                 f"{run_config} not found: {run_dir} is not an output folder of train.py (or predates config.yaml); "
                 f"pass the run's trainer and dataset YAML files as config_file / dataset_config_file")
-        cfg = build_config(run_config, "", opts)
-    trainer, classnames = _build(cfg, classnames, verbose)
-    checkpoint = _load_weights(trainer, checkpoint_file or run_dir, epoch, classnames, verbose)
-    return PromptClassifier(trainer, cfg, classnames, checkpoint)
+        cfg = build_config(run_config, "", opts, imports)
+    on_cpu = bool(imports) and training_device(cfg.USE_CUDA).type == "cpu"
+    if on_cpu:
+        print(f"note: {plugins.CUDA_CALLS_NOTE}", file=sys.stderr)
+    with plugins.cuda_calls_kept_on_cpu(on_cpu):
+        trainer, classnames = _build(cfg, classnames, verbose, bool(imports))
+        checkpoint = _load_weights(trainer, checkpoint_file or run_dir, epoch, classnames, verbose)
+    return PromptClassifier(trainer, cfg, classnames, checkpoint, cuda_calls_on_cpu=on_cpu)
 
 
 def zero_shot_clip(classnames: Sequence[str], *, config_file: str = ZERO_SHOT_CONFIG, dataset_config_file: str = "",
@@ -169,11 +182,13 @@ def dataset_classnames(cfg, verbose: bool = False) -> List[str]:
             f"{cfg.DATASET.ROOT!r} ({e}); pass the class names, or the data root as opts DATASET.ROOT <path>") from e
 
 
-def build_config(config_file: str = "", dataset_config_file: str = "", opts: Sequence[str] = ()):
-    """The frozen config of train.py's merge path: defaults + method keys -> dataset YAML -> trainer YAML ->
-    KEY VALUE overrides."""
-    args = ["--config-file", config_file, "--dataset-config-file", dataset_config_file, *opts]
-    train.import_plugins([])
+def build_config(config_file: str = "", dataset_config_file: str = "", opts: Sequence[str] = (),
+                 imports: Sequence[str] = ()):
+    """The frozen config of train.py's merge path: defaults + method keys (+ the `extend_cfg` of the
+    `imports` modules) -> dataset YAML -> trainer YAML -> KEY VALUE overrides."""
+    args = ["--config-file", config_file, "--dataset-config-file", dataset_config_file,
+            *(item for module in imports for item in ("--import", module)), *opts]
+    train.import_plugins(list(imports))
     return train.setup_cfg(train.build_parser().parse_args(args))
 
 
@@ -194,9 +209,16 @@ def _check_classnames(classnames: Sequence[str]) -> List[str]:
     return names
 
 
-def _build(cfg, classnames: Optional[Sequence[str]], verbose: bool):
+def _build(cfg, classnames: Optional[Sequence[str]], verbose: bool, imported: bool = False):
     """The config's trainer, built for `classnames` without any dataset loader."""
-    train.check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
+    try:
+        train.check_registered("trainer", cfg.TRAINER.NAME, TRAINER_REGISTRY)
+    except ConfigError as error:
+        if imported:
+            raise
+        raise InputError(f"{error}; a run trained with a trainer file of its own (train.py --import MODULE) needs "
+                         "that module here too: predict.py --import MODULE, or load_prompted_clip(..., "
+                         "imports=[MODULE])") from error
     with _quiet(verbose):
         names = _check_classnames(dataset_classnames(cfg, verbose) if classnames is None else classnames)
         trainer_class = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)

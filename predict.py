@@ -37,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trainer config: for runs without config.yaml, or the zero-shot backbone "
                              "(default configs/trainers/CoOp/vit_b16.yaml)")
     parser.add_argument("--trainer", default="", help="trainer name, with --config-file for runs without config.yaml")
+    parser.add_argument("--import", dest="imports", action="append", default=[], metavar="MODULE",
+                        help="a module the run was trained with (train.py --import): a trainer file of its own")
     parser.add_argument("--epoch", type=int, help="checkpoint epoch (default: the one saved last)")
     parser.add_argument("--topk", type=int, default=5, help="number of classes printed per image (default 5)")
     parser.add_argument("--csv", help="also write image,rank,classname,probability rows to this CSV file")
@@ -97,7 +99,7 @@ def load_classifier(args: argparse.Namespace):
         classnames = api.dataset_classnames(cfg, args.verbose)
     return api.load_prompted_clip(args.model_dir, classnames, epoch=args.epoch, config_file=args.config_file,
                                   dataset_config_file=args.dataset_config_file if args.config_file else "",
-                                  trainer=args.trainer, opts=opts, verbose=args.verbose)
+                                  trainer=args.trainer, opts=opts, imports=args.imports, verbose=args.verbose)
 
 
 def predict(classifier, images: Sequence[str], topk: int) -> List[Tuple[str, List[Tuple[str, float]]]]:

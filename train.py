@@ -23,6 +23,7 @@ from dassl.utils.distributed import (
     is_main_process,
     shutdown_distributed,
     silence_stdout,
+    training_device,
 )
 
 from dassl.utils.errors import UsageError, error_line, run_command
@@ -227,9 +228,13 @@ def _main(args: argparse.Namespace):
         check_run_folder(cfg, cfg.OUTPUT_DIR)
         return None
     launch = init_distributed(cfg.USE_CUDA)
+    on_cpu = bool(args.imports) and training_device(cfg.USE_CUDA).type == "cpu"
+    if on_cpu:
+        print(f"train.py: note: {plugins.CUDA_CALLS_NOTE}", file=sys.stderr)
     try:
         has_run = prepare_run_folder(cfg, args)
-        return run(args, cfg, launch, has_run)
+        with plugins.cuda_calls_kept_on_cpu(on_cpu):
+            return run(args, cfg, launch, has_run)
     except FloatingPointError as e:  # a diverged loss: every process of a distributed run stops with this line
         print(error_line("train.py", e), file=sys.stderr)
         sys.exit(1)

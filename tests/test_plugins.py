@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+import torch
 
 import train
 from dassl.config import get_cfg_default
@@ -171,3 +172,61 @@ def test_train_py_runs_a_plugin_that_replaces_coop_with_its_own_keys(tmp_path):
     assert "train.py: note: trainer 'CoOp' of " in result.stderr and "their_coop.py replaces the built-in" in result.stderr
     assert "Initializing a generic context" in result.stdout  # the plugin's prompt learner, not ours
     assert "CTX_INIT: False" in result.stdout
+
+
+def test_cuda_calls_are_kept_on_the_cpu_while_active_and_restored_after():
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    tensor, module = torch.ones(2), torch.nn.Linear(2, 2)
+    with plugins.cuda_calls_kept_on_cpu(active=False):
+        assert (torch.Tensor.cuda, torch.nn.Module.cuda) == saved
+    with pytest.raises(ZeroDivisionError):
+        with plugins.cuda_calls_kept_on_cpu(active=True):
+            assert tensor.cuda() is tensor and tensor.cuda(0, non_blocking=True) is tensor
+            assert module.cuda() is module and module.weight.device.type == "cpu"
+            1 / 0
+    assert (torch.Tensor.cuda, torch.nn.Module.cuda) == saved
+
+
+CUDA_CALLING_COOP = """
+from dassl.engine import TRAINER_REGISTRY
+from official_style_coop import OfficialStyleCoOp
+
+@TRAINER_REGISTRY.register()
+class CudaCallingCoOp(OfficialStyleCoOp):
+    # what files written for GPUs do: move the model, and inputs inside forward, with .cuda()
+    def build_model(self):
+        super().build_model()
+        self.model.cuda()
+        forward = self.model.forward
+        self.model.forward = lambda image, *args, **kwargs: forward(image.cuda(), *args, **kwargs)
+"""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only behaviour: on a GPU machine .cuda() works")
+def test_a_file_calling_cuda_trains_and_predicts_on_the_cpu(tmp_path):
+    """train.py and predict.py keep an --import file's .cuda() calls on the CPU (saying so), and predict.py
+    without the run's --import names it."""
+    _write(tmp_path, "cuda_coop.py", CUDA_CALLING_COOP)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.path.join(ROOT, "tests"), ROOT]),
+               CLIP_CACHE_DIR=str(tmp_path / "cache"))
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), "--import", "cuda_coop", "--trainer", "CudaCallingCoOp",
+         "--root", str(tmp_path / "data"), "--output-dir", str(out),
+         "--dataset-config-file", os.path.join(ROOT, "configs/datasets/demo.yaml"),
+         "--config-file", os.path.join(ROOT, "configs/trainers/CoOp/tiny.yaml"),
+         "DATASET.NUM_SHOTS", "1", "OPTIM.MAX_EPOCH", "1"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"train.py: note: {plugins.CUDA_CALLS_NOTE}" in result.stderr
+    assert "accuracy:" in result.stdout
+
+    image = next((tmp_path / "data" / "demo" / "images" / "circle").iterdir())
+    predict = [sys.executable, os.path.join(ROOT, "predict.py"), "--model-dir", str(out), str(image), "--topk", "1"]
+    result = subprocess.run(predict + ["--import", "cuda_coop"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith(f"{image}: ") and f"note: {plugins.CUDA_CALLS_NOTE}" in result.stderr
+    result = subprocess.run(predict, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "unknown trainer 'CudaCallingCoOp'" in result.stderr and "predict.py --import MODULE" in result.stderr

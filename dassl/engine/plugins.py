@@ -9,6 +9,9 @@ that they register themselves, with three rules that let such a file run unchang
 - A dotted name whose package is one of ours (`trainers.x`) while another folder of that name on PYTHONPATH
   holds the module imports that folder's file (under the package name `<package>_from_<repository folder>`, so
   its relative imports stay inside its own folder), and says so: never silently this project's file.
+
+And one for running them: files written for GPUs call `.cuda()` themselves; in a run on the CPU,
+`cuda_calls_kept_on_cpu` makes those calls leave tensors and modules where they are, and says so.
 """
 from __future__ import annotations
 
@@ -21,6 +24,8 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from types import ModuleType
+
+import torch
 
 from dassl.config import ConfigError
 from dassl.utils import Registry
@@ -160,3 +165,28 @@ def apply_config_hooks(cfg, names: Sequence[str]) -> None:
         hook = getattr(_imported.get(name), "extend_cfg", None)
         if callable(hook):
             hook(cfg)
+
+
+def _stay(self, *args, **kwargs):
+    return self
+
+
+CUDA_CALLS_NOTE = "this run is on the CPU: .cuda() calls of imported modules leave tensors and modules on the CPU"
+
+
+@contextlib.contextmanager
+def cuda_calls_kept_on_cpu(active: bool) -> Iterator[None]:
+    """While it lasts (if `active`), `Tensor.cuda()` and `Module.cuda()` return their object unchanged: a
+    trainer file written for GPUs (the official VPT and PromptSRC files move their fixed text features and
+    their frozen CLIP with `.cuda()`) then runs unchanged on the CPU, where the model and the batches are.
+    This project's own code never calls `.cuda()`. train.py, api.py and predict.py make it active for runs
+    on the CPU with --import modules, and print CUDA_CALLS_NOTE once."""
+    if not active:
+        yield
+        return
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    torch.Tensor.cuda, torch.nn.Module.cuda = _stay, _stay
+    try:
+        yield
+    finally:
+        torch.Tensor.cuda, torch.nn.Module.cuda = saved
