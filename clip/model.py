@@ -434,11 +434,12 @@ class CLIP(nn.Module):
             head_prompts = [p[..., :offset, :] if p.dim() == 2 else p[::per_prefix, :offset] for p in deep_prompts]
             prefix_kv = self.transformer.keys_values(head, head_prompts, prompt_start=1)
         group_rows, inverse = plan.device_indices(embeddings.device)
+        tails = embeddings.detach() if plan.constant_tail else embeddings
         features = []
         for (_, end), rows in zip(plan.groups, group_rows):
             end = embeddings.shape[1] if end is None else end
             every_row = len(plan.groups) == 1  # rows in order: slices, no gather
-            x = embeddings[:, prefix:end] if every_row else embeddings[rows, prefix:end]
+            x = tails[:, prefix:end] if every_row else tails[rows, prefix:end]
             x = x.to(self.dtype) + positions[prefix:end]
             tail_prompts = [p[..., offset:, :] if p.dim() == 2 else (p if every_row else p[rows])[:, offset:]
                             for p in deep_prompts]

@@ -8,6 +8,9 @@ A `TextPlan` says, for N prompt rows:
   size (1 group: one prefix for all rows; CoCoOp: one group of classes per image).
 - `groups`: the rows split by the length of their tails (text truncation): each group is cut after its
   own longest EOT, so a few long class names do not make every row long.
+- `constant_tail`: no row's tail holds a learned vector (every learned position lies in the shared prefix), so
+  no gradient flows into the tails' embeddings and the encoder reads them detached: the backward pass then
+  builds no gradient of the whole [N, L, D] embeddings, which would be zeros wherever it is not the prefix.
 
 Plans are built from host-side facts (EOT positions as Python ints, the prefix length) once per learner and
 class set, so encoding with a plan needs no host-device synchronisation: the row indices are copied to a
@@ -29,7 +32,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["TextPlan", "leading_shared_positions", "plan_text"]
+__all__ = ["TextPlan", "leading_shared_positions", "learned_end", "plan_text"]
 
 # A text-encoder call costs about as much as this many extra token positions (kernel launches, small
 # matrix products), so rows are split into length groups only where that saves more positions.
@@ -86,6 +89,7 @@ class TextPlan:
     prefix: int
     prefix_groups: int
     groups: tuple[tuple[tuple[int, ...], Optional[int]], ...]
+    constant_tail: bool = False
     _on_device: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
@@ -106,8 +110,15 @@ class TextPlan:
         return self._on_device[key]
 
 
+def learned_end(layout: torch.Tensor) -> int:
+    """One past the last position of `layout` [N, L] (see the module docstring) that holds a learned vector in
+    any row; 0 when none does."""
+    learned = (layout < 0).any(dim=0).nonzero()
+    return int(learned[-1]) + 1 if len(learned) else 0
+
+
 def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True, deep_prompt_tokens: int = 0,
-              shared_prefix: int = 0, prefix_groups: int = 1) -> TextPlan:
+              shared_prefix: int = 0, prefix_groups: int = 1, learned_positions_end: Optional[int] = None) -> TextPlan:
     """A plan for rows with these EOT positions (host ints) in embeddings of `context` positions.
 
     deep_prompt_tokens: the longest deep prompt (positions 1..n are always computed, so that replacing them
@@ -115,7 +126,9 @@ def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True
     identical, as tensors, within each of `prefix_groups` consecutive equal blocks of rows (found with
     `leading_shared_positions`; 0: nothing shared). The prefix actually used stops before the earliest EOT
     (each row reads its EOT from its own tail), and is 0 when sharing would save fewer positions than the
-    prefix's own pass costs (`_PREFIX_COST_IN_POSITIONS`; always for groups of a single row)."""
+    prefix's own pass costs (`_PREFIX_COST_IN_POSITIONS`; always for groups of a single row).
+    learned_positions_end: the caller's statement that no position from there on holds a learned vector
+    (`learned_end` of the layout; None: unknown), which makes the tails constant when the prefix covers it."""
     eot = [int(e) for e in eot_indices]
     rows = len(eot)
     if rows == 0:
@@ -134,4 +147,5 @@ def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True
         ends = [min(max(e + 1, 1 + deep_prompt_tokens), context) for e in eot]
         groups = tuple((tuple(group), max(ends[row] for row in group))
                        for group in _length_groups([end - prefix for end in ends]))
-    return TextPlan(rows, prefix, prefix_groups, groups)
+    constant_tail = prefix > 0 and learned_positions_end is not None and learned_positions_end <= prefix
+    return TextPlan(rows, prefix, prefix_groups, groups, constant_tail)

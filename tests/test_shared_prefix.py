@@ -8,7 +8,7 @@ import torch
 from clip import clip
 from clip import model as clip_model
 from clip import text_plan
-from clip.text_plan import leading_shared_positions, plan_text
+from clip.text_plan import leading_shared_positions, learned_end, plan_text
 from sync_testutils import count_host_syncs
 from trainers.cocoop import CoCoOpCLIP
 from trainers.cocoop import PromptLearner as CoCoOpLearner
@@ -147,6 +147,32 @@ def test_leading_shared_positions_and_plan_limits():
         plan_text([4, 5, 4], 6, prefix_groups=2)
     with pytest.raises(ValueError, match="CPU tensor"):
         leading_shared_positions(layout.to("meta"))
+    # constant tails: every learned position (ids < 0: positions 1-2 here) inside the shared prefix
+    assert learned_end(layout) == 3 and learned_end(layout.abs()) == 0
+    assert plan_text([4, 5], 6, shared_prefix=4, learned_positions_end=3).constant_tail
+    assert not plan_text([4, 5], 6, shared_prefix=2, learned_positions_end=3).constant_tail
+    assert not plan_text([4, 5], 6, shared_prefix=4).constant_tail  # unknown: read with gradients
+    assert not plan_text([4], 6, shared_prefix=4, learned_positions_end=3).constant_tail  # nothing shared
+
+
+def test_a_constant_tail_is_read_detached_with_the_same_prefix_gradients(tiny):
+    tokens = clip.tokenize([f"X X {name}." for name in NAMES])
+    eot = tokens.argmax(-1)
+    with torch.no_grad():
+        embeddings = tiny.token_embedding(tokens)
+    embeddings.requires_grad_()
+    outputs = {}
+    for constant in (False, True):
+        plan = plan_text(eot.tolist(), 77, shared_prefix=3, learned_positions_end=3 if constant else None)
+        assert plan.constant_tail == constant
+        embeddings.grad = None
+        features = tiny.encode_text_embeddings(embeddings, eot, [], plan=plan)
+        features.square().sum().backward()
+        outputs[constant] = features.detach(), embeddings.grad.clone()
+    (features, grad), (features_detached, grad_detached) = outputs[False], outputs[True]
+    assert torch.equal(features_detached, features)
+    assert grad[:, 3:].abs().sum() > 0 and not grad_detached[:, 3:].any()  # the tails get no gradient
+    torch.testing.assert_close(grad_detached[:, :3], grad[:, :3], rtol=0, atol=1e-6 * grad.abs().max())
 
 
 @pytest.mark.parametrize("opts, expected", [
@@ -165,6 +191,8 @@ def test_coop_prefix_is_found_from_its_layout(tiny, opts, expected):
     same_id = layout == layout[:1]
     same_value = (prompts == prompts[:1]).all(dim=-1)
     assert bool((same_value | ~same_id).all())
+    # the tails are constant exactly when the context is unified and sits right after SOS
+    assert (learned_end(layout) <= expected) == (opts in ((), ("TRAINER.COOP.CTX_INIT", "a photo of a")))
 
 
 def test_maple_prefix_includes_the_class_independent_words(tiny):

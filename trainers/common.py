@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from clip import clip
 from clip.model import fused_attention
 from clip.simple_tokenizer import SimpleTokenizer
-from clip.text_plan import TextPlan, leading_shared_positions, plan_text
+from clip.text_plan import TextPlan, leading_shared_positions, learned_end, plan_text
 from dassl.config import ConfigError
 from dassl.engine import TrainerX
 from dassl.optim import build_lr_scheduler, build_optimizer
@@ -255,7 +255,8 @@ class SpeedOptions:
             prefix = min(prefix, 1)
         return plan_text(eot_indices, layout.shape[1], truncate=self.text_truncation,
                          deep_prompt_tokens=max((p.shape[-2] for p in deep_prompts), default=0),
-                         shared_prefix=prefix, prefix_groups=prefix_groups)
+                         shared_prefix=prefix, prefix_groups=prefix_groups,
+                         learned_positions_end=learned_end(layout))
 
     def chunk_size(self, total: int) -> int:
         """Rows per text-encoder call: chunks only when no gradient is kept (evaluation)."""
