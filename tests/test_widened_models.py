@@ -85,3 +85,25 @@ def test_widening_refuses_widths_that_are_not_whole_multiples():
     model = clip.build_model(widened)
     assert model.ln_final.weight.shape[0] == 128 and model.visual.conv1.weight.shape[0] == 192
     assert model.text_projection.shape == (128, 64)
+
+
+def test_official_maple_calls_with_vit_b16_constants_fit_the_widened_backbone():
+    """What the official MaPLe file does with its constants (text prompts of width 512, `nn.Linear(ctx_dim, 768)`
+    to the vision side), driven through the `design_details` model the official way."""
+    design = {"trainer": "MaPLe", "vision_depth": 0, "language_depth": 0, "vision_ctx": 0, "language_ctx": 0,
+              "maple_length": 2}
+    model = clip.build_model(clip.load_state_dict(WIDE), design).float().eval()
+    torch.manual_seed(0)
+    ctx = torch.randn(2, 512) * 0.02
+    deep_text = [torch.randn(2, 512) * 0.02 for _ in range(2)]
+    to_vision = torch.nn.Linear(512, 768)
+    tokens = clip.tokenize(["X X dog.", "X X red ball."])
+    with torch.no_grad():
+        embedded = model.token_embedding(tokens)
+        x = torch.cat([embedded[:, :1], ctx.expand(2, -1, -1), embedded[:, 3:]], dim=1) + model.positional_embedding
+        x, _, counter = model.transformer([x.permute(1, 0, 2), deep_text, 0])
+        x = model.ln_final(x.permute(1, 0, 2))
+        text = x[torch.arange(2), tokens.argmax(dim=-1)] @ model.text_projection
+        image = model.visual(torch.randn(3, 3, 32, 32), to_vision(ctx), [to_vision(p) for p in deep_text])
+    assert counter == 2 and text.shape == (2, 512) and image.shape == (3, 512)
+    assert torch.isfinite(text).all() and torch.isfinite(image).all()
