@@ -30,6 +30,21 @@ def test_fp16_on_cpu_is_the_fp32_product_rounded_once():
     assert (x.grad.float() - reference.grad).abs().max() <= 2e-3 * reference.grad.abs().max()
 
 
+def test_fp16_autocast_on_cpu_rounds_the_operands_like_autocast_then_accumulates_in_fp32():
+    x, weight, bias = _operands(torch.float32)
+    with torch.autocast("cpu", dtype=torch.float16):
+        out = linear(x, weight, bias)
+        native = F.linear(x.detach(), weight, bias)
+    assert out.dtype == native.dtype == torch.float16
+    expected = F.linear(x.detach().half().float(), weight.half().float(), bias.half().float()).half()
+    assert torch.equal(out, expected)
+    assert (out.float() - native.float()).abs().max() <= 2e-3 * native.float().abs().max()
+    out.float().sum().backward()
+    assert x.grad.dtype == torch.float32 and torch.isfinite(x.grad).all()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16 autocast: PyTorch's own path
+        assert torch.equal(linear(x, weight, bias), F.linear(x, weight, bias))
+
+
 def test_other_dtypes_call_f_linear_unchanged():
     for dtype in (torch.float32, torch.bfloat16):
         x, weight, bias = _operands(dtype)
