@@ -8,8 +8,8 @@ mean and variance of k copies are those of one); every weight matrix reads the f
 each attention head is a copy of one of the original 64-wide heads; and the output features are 4 copies of
 the demo backbone's, so their cosine similarities, hence the logits, are the demo backbone's. On tokens and
 images it gives the demo backbone's features up to float rounding; a learned prompt, which need not be k
-copies of anything, reaches the features with every dimension (the copies the weights do not read through
-LayerNorm's statistics).
+copies of anything, reaches the features with every dimension (the dimensions the weights do not read act
+through LayerNorm's statistics), so trained prompts do not behave as on the demo backbone.
 """
 from __future__ import annotations
 
