@@ -33,7 +33,6 @@ from dassl.data.datasets import build_dataset
 from dassl.data.transforms import build_transform
 from dassl.engine import TRAINER_REGISTRY, plugins
 from dassl.utils import read_image, to_rgb
-from dassl.utils.distributed import training_device
 from dassl.utils.errors import InputError, InputTypeError
 
 ImageInput = Union[str, os.PathLike, Image.Image, torch.Tensor]
@@ -151,7 +150,7 @@ def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = Non
                 f"{run_config} not found: {run_dir} is not an output folder of train.py (or predates config.yaml); "
                 f"pass the run's trainer and dataset YAML files as config_file / dataset_config_file")
         cfg = build_config(run_config, "", opts, imports)
-    on_cpu = bool(imports) and training_device(cfg.USE_CUDA).type == "cpu"
+    on_cpu = plugins.keeps_cuda_calls_on_cpu(imports, cfg.USE_CUDA)
     if on_cpu:
         print(f"note: {plugins.CUDA_CALLS_NOTE}", file=sys.stderr)
     with plugins.cuda_calls_kept_on_cpu(on_cpu):

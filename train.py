@@ -23,7 +23,6 @@ from dassl.utils.distributed import (
     is_main_process,
     shutdown_distributed,
     silence_stdout,
-    training_device,
 )
 
 from dassl.utils.errors import UsageError, error_line, run_command
@@ -228,7 +227,7 @@ def _main(args: argparse.Namespace):
         check_run_folder(cfg, cfg.OUTPUT_DIR)
         return None
     launch = init_distributed(cfg.USE_CUDA)
-    on_cpu = bool(args.imports) and training_device(cfg.USE_CUDA).type == "cpu"
+    on_cpu = plugins.keeps_cuda_calls_on_cpu(args.imports, cfg.USE_CUDA)
     if on_cpu:
         print(f"train.py: note: {plugins.CUDA_CALLS_NOTE}", file=sys.stderr)
     try:

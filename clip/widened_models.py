@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .bundled_models import DEMO_MODEL, verified_bundled_path
+from .bundled_models import DEMO_MODEL
 
 HEAD_WIDTH = 64  # CLIP's head width: heads = width // 64, so a widened tower keeps each head's shape
 
@@ -115,8 +115,8 @@ def widened_state_dict(name: str) -> dict[str, torch.Tensor]:
     """OpenAI-format state dict of the widened backbone `name`, from its verified shipped source."""
     if name not in WIDENED_MODELS:
         raise ValueError(f"Unknown widened backbone '{name}'; valid names: {list(WIDENED_MODELS)}")
-    from .clip import _read_checkpoint  # clip.py imports this module
+    from .clip import load_state_dict  # clip.py imports this module
 
     widening = WIDENED_MODELS[name]
-    source = _read_checkpoint(verified_bundled_path(widening.source))
+    source = load_state_dict(widening.source)  # the shipped file, SHA-256 verified
     return widen_vit_state_dict(source, widening.text_width, widening.vision_width, widening.embed_dim)

@@ -21,7 +21,6 @@ import torch
 import train
 from dassl.engine import TRAINER_REGISTRY, build_trainer, plugins
 from dassl.utils import set_random_seed
-from dassl.utils.distributed import training_device
 from dassl.utils.errors import UsageError, run_command
 
 
@@ -95,8 +94,7 @@ def run(own: argparse.Namespace, rest: list[str]) -> int:
     if own.steps < 0 or own.images < 1:
         raise UsageError("--steps must be >= 0 and --images >= 1")
     ours, _ = _build(_without_imports(rest), [], own.ours or args.trainer)
-    on_cpu = training_device(ours.cfg.USE_CUDA).type == "cpu"
-    with plugins.cuda_calls_kept_on_cpu(on_cpu):
+    with plugins.cuda_calls_kept_on_cpu(plugins.keeps_cuda_calls_on_cpu(args.imports, ours.cfg.USE_CUDA)):
         theirs, _ = _build(rest, args.imports, args.trainer)
         images = next(iter(ours.test_loader))["img"][:own.images]
         for line in compare(ours, theirs, iter(ours.train_loader_x), images, own.steps):

@@ -29,6 +29,7 @@ import torch
 
 from dassl.config import ConfigError
 from dassl.utils import Registry
+from dassl.utils.distributed import training_device
 
 
 class PluginError(ConfigError):
@@ -169,6 +170,12 @@ def apply_config_hooks(cfg, names: Sequence[str]) -> None:
 
 def _stay(self, *args, **kwargs):
     return self
+
+
+def keeps_cuda_calls_on_cpu(imports: Sequence[str], use_cuda: bool) -> bool:
+    """Whether a run with these --import modules and USE_CUDA needs `cuda_calls_kept_on_cpu`: it has imported
+    modules and its device is the CPU."""
+    return bool(imports) and training_device(use_cuda).type == "cpu"
 
 
 CUDA_CALLS_NOTE = "this run is on the CPU: .cuda() calls of imported modules leave tensors and modules on the CPU"
