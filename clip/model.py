@@ -8,8 +8,9 @@ through per-method transformer blocks:
 - vision: `encode_image(image, prompts, deep_prompts)`; shallow prompts are appended after the class and
   patch tokens (after the positional embedding, before ln_pre) and deep prompt k replaces those last n
   tokens at the input of block k+1.
-Inside the transformers activations are batch-first [N, L, D]; `Transformer.forward` keeps OpenAI's
-sequence-first [L, N, D] convention for code that calls `model.transformer(x)` directly.
+Inside the transformers activations are batch-first [N, L, D], or, for the text rows of a `TextPlan`, packed
+tokens [T, D] (`Transformer.forward_packed`); `Transformer.forward` keeps OpenAI's sequence-first [L, N, D]
+convention for code that calls `model.transformer(x)` directly.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from torch.utils.checkpoint import checkpoint
 from .attention import attention, fused_attention, fused_attention_enabled, set_fused_attention
 from .linear import Linear, linear
 from .resnet import ModifiedResNet
-from .text_plan import TextPlan, plan_text
+from .text_plan import TailPacking, TextPlan, plan_text
 
 KeysValues = tuple[torch.Tensor, torch.Tensor]
 
@@ -68,7 +69,7 @@ OWNED_DEEP_PROMPT = "VPT_shallow"
 
 
 def set_text_truncation(enabled: bool) -> None:
-    """Default for `truncate` in the text encoders: drop positions after the longest EOT (True, default)."""
+    """Default for `truncate` in the text encoders: drop positions after each row's EOT (True, default)."""
     _truncation.set(enabled)
 
 
@@ -121,21 +122,37 @@ class SelfAttention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.empty(3 * width))
         self.out_proj = Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool, prefix_kv: Optional[KeysValues] = None) -> torch.Tensor:
-        return self.forward_keeping_kv(x, causal, prefix_kv)[0]
+    def forward(self, x: torch.Tensor, causal: bool) -> torch.Tensor:
+        return self.forward_keeping_kv(x, causal)[0]
 
-    def forward_keeping_kv(self, x: torch.Tensor, causal: bool,
-                           prefix_kv: Optional[KeysValues] = None) -> tuple[torch.Tensor, KeysValues]:
-        """(output, this input's keys and values [N, heads, L, d]). `prefix_kv`: keys and values of a shared
-        prefix [N, heads, P, d] that the queries attend to before their own (causal: queries follow it)."""
-        batch, length, width = x.shape
+    def forward_keeping_kv(self, x: torch.Tensor, causal: bool) -> tuple[torch.Tensor, KeysValues]:
+        """x: [N, L, D] -> (output, this input's keys and values [N, heads, L, d])."""
+        attended, kv = self._attend(linear(x, self.in_proj_weight, self.in_proj_bias), causal)
+        return self.out_proj(attended), kv
+
+    def forward_packed(self, x: torch.Tensor, causal: bool, packing: TailPacking,
+                       prefix_kv: Optional[KeysValues] = None) -> torch.Tensor:
+        """x: packed tokens [T, D] (see `TailPacking`): the projections run on all tokens at once, attention per
+        length group. `prefix_kv`: a shared prefix's keys and values [G, heads, P, d] (one per prefix group),
+        which every row's queries attend to before its own keys (causal: the rows follow the prefix)."""
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
+        outputs = []
+        for group in packing.groups:
+            group_kv = None if prefix_kv is None else _kv_for_rows(prefix_kv, group.owner, group.count)
+            outputs.append(group.unpadded(self._attend(group.padded(qkv), causal, group_kv)[0]))
+        return self.out_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
+
+    def _attend(self, qkv: torch.Tensor, causal: bool,
+                prefix_kv: Optional[KeysValues] = None) -> tuple[torch.Tensor, KeysValues]:
+        """Projected rows [N, L, 3D] -> (attention output [N, L, D] before out_proj, keys and values [N, heads,
+        L, d]); with `prefix_kv` ([N, heads, P, d]) the queries attend to those keys first."""
+        batch, length, width = qkv.shape[0], qkv.shape[1], qkv.shape[2] // 3
         q, k, v = qkv.view(batch, length, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
         keys, values = k, v
         if prefix_kv is not None:
             keys, values = torch.cat([prefix_kv[0], k], dim=2), torch.cat([prefix_kv[1], v], dim=2)
         out = attention(q, keys, values, causal=causal)
-        return self.out_proj(out.transpose(1, 2).reshape(batch, length, width)), (k, v)
+        return out.transpose(1, 2).reshape(batch, length, width), (k, v)
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -150,11 +167,17 @@ class ResidualAttentionBlock(nn.Module):
         ]))
         self.ln_2 = LayerNorm(width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False, prefix_kv: Optional[KeysValues] = None,
-                keep_kv: bool = False) -> torch.Tensor | tuple[torch.Tensor, KeysValues]:
-        """The block's output; with `keep_kv`, (output, the keys and values its attention computed from x).
-        `prefix_kv`: a shared prefix's keys and values that x's queries attend to first (SelfAttention)."""
-        attended, kv = self.attn.forward_keeping_kv(self.ln_1(x), causal, prefix_kv)
+    def forward(self, x: torch.Tensor, causal: bool = False, keep_kv: bool = False, *,
+                packing: Optional[TailPacking] = None,
+                prefix_kv: Optional[KeysValues] = None) -> torch.Tensor | tuple[torch.Tensor, KeysValues]:
+        """x: [N, L, D], or packed tokens [T, D] with their `packing` (and a shared prefix's keys and values,
+        see SelfAttention.forward_packed). The block's output; with `keep_kv` (rows only), (output, the keys and
+        values its attention computed from x)."""
+        kv = None
+        if packing is not None:
+            attended = self.attn.forward_packed(self.ln_1(x), causal, packing, prefix_kv)
+        else:
+            attended, kv = self.attn.forward_keeping_kv(self.ln_1(x), causal)
         x = x + attended
         x = x + self.mlp(self.ln_2(x))
         return (x, kv) if keep_kv else x
@@ -169,6 +192,19 @@ def _broadcast_prompt(prompt: torch.Tensor, batch: int, like: torch.Tensor, what
         raise ValueError(f"{what} has shape {tuple(prompt.shape)}; expected [n, {width}] or [{batch}, n, {width}] "
                          f"(width {width} comes from the model)")
     return prompt.to(dtype=like.dtype, device=like.device)
+
+
+def _replace_prompt(x: torch.Tensor, prompt: torch.Tensor, start: int, packing: Optional[TailPacking],
+                    what: str) -> torch.Tensor:
+    """x with positions start..start+n of every row replaced by `prompt` ([n, D] or [N, n, D]); x is [N, L, D],
+    or packed tokens [T, D] with their `packing` (position start of row r: token row_start[r] + start)."""
+    if packing is None:
+        prompt = _broadcast_prompt(prompt, x.shape[0], x, what)
+        return torch.cat([x[:, :start], prompt, x[:, start + prompt.shape[1]:]], dim=1)
+    prompt = _broadcast_prompt(prompt, packing.row_start.shape[0], x, what)
+    offsets = torch.arange(start, start + prompt.shape[1], device=x.device)
+    targets = (packing.row_start.unsqueeze(1) + offsets).reshape(-1)
+    return x.index_copy(0, targets, prompt.reshape(-1, x.shape[-1]))
 
 
 def _equal_leading_positions(embeddings: torch.Tensor, deep_prompts: Sequence[torch.Tensor]) -> int:
@@ -189,7 +225,7 @@ def _kv_for_rows(kv: KeysValues, owner: Optional[torch.Tensor], rows: int) -> Ke
     return kv[0][owner], kv[1][owner]
 
 
-def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool,
+def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool, packing: Optional[TailPacking],
                         prefix_kv: Optional[KeysValues]) -> torch.Tensor:
     # The recomputation runs in backward, outside the caller's `fused_attention` context: pass the
     # attention path chosen now so that the recomputed activations are the ones of the forward pass.
@@ -197,7 +233,7 @@ def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool,
 
     def run(inputs: torch.Tensor, *kv: torch.Tensor) -> torch.Tensor:
         with fused_attention(fused):
-            return block(inputs, causal, kv or None)
+            return block(inputs, causal, packing=packing, prefix_kv=kv or None)
 
     return checkpoint(run, x, *(prefix_kv or ()), use_reentrant=False)
 
@@ -248,20 +284,28 @@ class Transformer(nn.Module):
         return self.forward_batch_first(x.transpose(0, 1), deep_prompts, prompt_start=start).transpose(0, 1)
 
     def forward_batch_first(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor] = (),
-                            prompt_start: int = 1, prefix_kv: Optional[Sequence[KeysValues]] = None) -> torch.Tensor:
+                            prompt_start: int = 1) -> torch.Tensor:
         """x: [N, L, D]. deep_prompts[k] ([n, D] or [N, n, D]) replaces tokens prompt_start .. prompt_start+n
-        at the input of block k+1 (block 0 sees the prompts already in x). prefix_kv[k]: the keys and values
-        [N, heads, P, d] of a shared prefix at block k (`keys_values`), which x's queries attend to first."""
-        return self._run_blocks(x, deep_prompts, prompt_start, prefix_kv, keep_kv=False)[0]
+        at the input of block k+1 (block 0 sees the prompts already in x)."""
+        return self._run_blocks(x, deep_prompts, prompt_start, keep_kv=False)[0]
+
+    def forward_packed(self, x: torch.Tensor, packing: TailPacking, deep_prompts: Sequence[torch.Tensor] = (),
+                       prompt_start: int = 1, prefix_kv: Optional[Sequence[KeysValues]] = None) -> torch.Tensor:
+        """x: packed tokens [T, D] (see `TailPacking`), deep prompts as in `forward_batch_first` (position
+        prompt_start of each row's tail). prefix_kv[k]: the keys and values [G, heads, P, d] of the shared prefix
+        at block k (`keys_values`), which every row's queries attend to first."""
+        return self._run_blocks(x, deep_prompts, prompt_start, keep_kv=False, packing=packing,
+                                prefix_kv=prefix_kv)[0]
 
     def keys_values(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor] = (),
                     prompt_start: int = 1) -> list[KeysValues]:
         """The keys and values [N, heads, L, d] each block computes from x: a shared prefix, passed on as
         `prefix_kv` to encode the rows that follow it."""
-        return self._run_blocks(x, deep_prompts, prompt_start, None, keep_kv=True)[1]
+        return self._run_blocks(x, deep_prompts, prompt_start, keep_kv=True)[1]
 
-    def _run_blocks(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor], prompt_start: int,
-                    prefix_kv: Optional[Sequence[KeysValues]], keep_kv: bool) -> tuple[torch.Tensor, list[KeysValues]]:
+    def _run_blocks(self, x: torch.Tensor, deep_prompts: Sequence[torch.Tensor], prompt_start: int, keep_kv: bool,
+                    packing: Optional[TailPacking] = None,
+                    prefix_kv: Optional[Sequence[KeysValues]] = None) -> tuple[torch.Tensor, list[KeysValues]]:
         if len(deep_prompts) > self.layers - 1:
             raise ValueError(f"{len(deep_prompts)} deep prompts given but this transformer has {self.layers} "
                              f"layers: at most {self.layers - 1} (layers 1..{self.layers - 1}) can take them")
@@ -269,17 +313,15 @@ class Transformer(nn.Module):
         for index, block in enumerate(self.resblocks):
             # (a prompt of no tokens, e.g. one wholly inside a shared prefix, leaves x as it is: no copy)
             if 1 <= index <= len(deep_prompts) and deep_prompts[index - 1].shape[-2]:
-                prompt = _broadcast_prompt(deep_prompts[index - 1], x.shape[0], x, f"deep prompt {index - 1}")
-                end = prompt_start + prompt.shape[1]
-                x = torch.cat([x[:, :prompt_start], prompt, x[:, end:]], dim=1)
+                x = _replace_prompt(x, deep_prompts[index - 1], prompt_start, packing, f"deep prompt {index - 1}")
             layer_kv = None if prefix_kv is None else prefix_kv[index]
             if keep_kv:  # a shared prefix: few positions, kept whole (no checkpointing)
                 x, kv = block(x, self.causal, keep_kv=True)
                 kvs.append(kv)
             elif self.checkpointing and torch.is_grad_enabled():
-                x = _checkpointed_block(block, x, self.causal, layer_kv)
+                x = _checkpointed_block(block, x, self.causal, packing, layer_kv)
             else:
-                x = block(x, self.causal, layer_kv)
+                x = block(x, self.causal, packing=packing, prefix_kv=layer_kv)
         return x, kvs
 
 
@@ -382,8 +424,8 @@ class CLIP(nn.Module):
         positions 1..1+n at the input of layer k+1.
 
         Two exact speed-ups, both relying on the causal mask and on only the EOT row being read:
-        - truncation (`truncate`, default `text_truncation_enabled()`): rows are encoded in groups of
-          similar length, each cut after its own longest EOT;
+        - truncation (`truncate`, default `text_truncation_enabled()`): each row is cut after its own EOT, the
+          rows' tokens packed into one matrix (attention runs in groups of rows of similar length);
         - a shared prefix (`share_prefix`, default `shared_prefix_enabled()`): the leading positions that
           every row holds identically are encoded once, and the rows encode only their tails, attending
           to the prefix's keys and values in every layer.
@@ -404,8 +446,9 @@ class CLIP(nn.Module):
             plan = self._plan_from_inputs(embeddings, eot_indices, deep_prompts, truncate, share_prefix)
         elif truncate is not None or share_prefix is not None:
             raise ValueError("a TextPlan already fixes truncation and the shared prefix: pass `plan` alone")
-        elif plan.rows != embeddings.shape[0]:
-            raise ValueError(f"the TextPlan is for {plan.rows} rows but {embeddings.shape[0]} were given")
+        elif (plan.rows, plan.context) != tuple(embeddings.shape[:2]):
+            raise ValueError(f"the TextPlan is for {plan.rows} rows of {plan.context} positions but embeddings of "
+                             f"{embeddings.shape[0]} rows of {embeddings.shape[1]} were given")
         return self._encode_planned(embeddings, eot_indices, deep_prompts, plan)
 
     def _plan_from_inputs(self, embeddings: torch.Tensor, eot_indices: torch.Tensor,
@@ -433,28 +476,15 @@ class CLIP(nn.Module):
             head = embeddings[::per_prefix, :prefix].to(self.dtype) + positions[:prefix]
             head_prompts = [p[..., :offset, :] if p.dim() == 2 else p[::per_prefix, :offset] for p in deep_prompts]
             prefix_kv = self.transformer.keys_values(head, head_prompts, prompt_start=1)
-        group_rows, inverse = plan.device_indices(embeddings.device)
+        packing = plan.packing(embeddings.device)
         tails = embeddings.detach() if plan.constant_tail else embeddings
-        features = []
-        for (_, end), rows in zip(plan.groups, group_rows):
-            end = embeddings.shape[1] if end is None else end
-            every_row = len(plan.groups) == 1  # rows in order: slices, no gather
-            x = tails[:, prefix:end] if every_row else tails[rows, prefix:end]
-            x = x.to(self.dtype) + positions[prefix:end]
-            tail_prompts = [p[..., offset:, :] if p.dim() == 2 else (p if every_row else p[rows])[:, offset:]
-                            for p in deep_prompts]
-            layer_kv = None
-            if prefix_kv is not None:
-                owner = None if plan.prefix_groups == 1 else (rows if not every_row else
-                                                            torch.arange(plan.rows, device=x.device)) // per_prefix
-                layer_kv = [_kv_for_rows(kv, owner, x.shape[0]) for kv in prefix_kv]
-            x = self.transformer.forward_batch_first(x, tail_prompts, prompt_start, prefix_kv=layer_kv)
-            eot = eot_indices if every_row else eot_indices[rows]
-            # LayerNorm acts per token, so normalising only the EOT rows is the same as normalising all.
-            x = self.ln_final(x[torch.arange(x.shape[0], device=x.device), eot - prefix])
-            features.append(linear(x, self.text_projection.t()))
-        features = features[0] if len(features) == 1 else torch.cat(features)
-        return features if inverse is None else features[inverse]
+        x = tails.reshape(-1, tails.shape[-1]).index_select(0, packing.token_source).to(self.dtype)
+        x = x + positions.index_select(0, packing.positions)
+        tail_prompts = [p[..., offset:, :] for p in deep_prompts]
+        x = self.transformer.forward_packed(x, packing, tail_prompts, prompt_start, prefix_kv)
+        # LayerNorm acts per token, so normalising only the EOT tokens is the same as normalising all.
+        x = self.ln_final(x.index_select(0, packing.row_start + (eot_indices - prefix)))
+        return linear(x, self.text_projection.t())
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_features = self.encode_image(image)

@@ -6,14 +6,17 @@ A `TextPlan` says, for N prompt rows:
   layer, so the encoder computes them once per group; each row then encodes only its own tail, whose queries
   attend to [the group's prefix keys; its own keys]. Rows form `prefix_groups` consecutive blocks of equal
   size (1 group: one prefix for all rows; CoCoOp: one group of classes per image).
-- `groups`: the rows split by the length of their tails (text truncation): each group is cut after its
-  own longest EOT, so a few long class names do not make every row long.
+- `ends`: where each row is cut (text truncation: after its own EOT). The encoder computes exactly the
+  positions prefix..end-1 of every row, packed into one [tokens, D] matrix for every per-token operation (layer
+  norms, projections, MLPs: one large matrix product per layer, no padding), see `TailPacking`.
+- `groups`: the rows split by the length of their tails, for attention only, the one operation that needs rows
+  as rows: a group's tails are padded to its longest, so a few long class names do not pad every row.
 - `constant_tail`: no row's tail holds a learned vector (every learned position lies in the shared prefix), so
   no gradient flows into the tails' embeddings and the encoder reads them detached: the backward pass then
   builds no gradient of the whole [N, L, D] embeddings, which would be zeros wherever it is not the prefix.
 
 Plans are built from host-side facts (EOT positions as Python ints, the prefix length) once per learner and
-class set, so encoding with a plan needs no host-device synchronisation: the row indices are copied to a
+class set, so encoding with a plan needs no host-device synchronisation: its packing indices are made on a
 device once and kept.
 
 The rule for the prefix (`leading_shared_positions`): the longest run of leading columns of a layout
@@ -32,15 +35,15 @@ from typing import Optional
 
 import torch
 
-__all__ = ["TextPlan", "leading_shared_positions", "learned_end", "plan_text"]
+__all__ = ["AttentionGroup", "TailPacking", "TextPlan", "leading_shared_positions", "learned_end", "plan_text"]
 
-# A text-encoder call costs about as much as this many extra token positions (kernel launches, small
-# matrix products), so rows are split into length groups only where that saves more positions.
+# An attention group costs about as much as this many padded positions (its own attention call, gathers), so
+# rows are split into length groups only where that saves more padding.
 _GROUP_COST_IN_POSITIONS = 256
-# The same cost for the shared prefix's own encoder pass (and its keys and values joined to every tail's in each
-# layer): a prefix is shared only where that saves more positions, so a few short prompts (the demo's ten
-# classes) are encoded whole, as before.
-_PREFIX_COST_IN_POSITIONS = _GROUP_COST_IN_POSITIONS
+# The shared prefix's own encoder pass (and its keys and values joined to every tail's in each layer) costs about
+# as much as this many positions encoded: a prefix is shared only where that saves more positions, so a few short
+# prompts (the demo's ten classes) are encoded whole.
+_PREFIX_COST_IN_POSITIONS = 256
 
 
 def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
@@ -81,14 +84,62 @@ def leading_shared_positions(layout: torch.Tensor) -> int:
 
 
 @dataclass(frozen=True)
+class AttentionGroup:
+    """One length group of a `TailPacking`, on a device: its `count` rows' tails are the packed tokens
+    start..start+tokens-1, padded to `length` positions each for attention."""
+
+    start: int
+    tokens: int
+    count: int
+    length: int
+    pad_source: Optional[torch.Tensor]  # [count * length]: the group's token each padded slot reads (None: no padding)
+    valid: Optional[torch.Tensor]  # [tokens]: the padded slot each token's output is read from (None: no padding)
+    owner: Optional[torch.Tensor]  # [count]: each row's prefix group (None: one prefix, or none)
+
+    def padded(self, packed: torch.Tensor) -> torch.Tensor:
+        """The group's rows of packed [T, C] activations as [count, length, C] (padding slots repeat their row's
+        last token: later slots only, which the causal mask hides from every real token)."""
+        own = packed[self.start:self.start + self.tokens]
+        if self.pad_source is not None:
+            own = own.index_select(0, self.pad_source)
+        return own.view(self.count, self.length, packed.shape[-1])
+
+    def unpadded(self, rows: torch.Tensor) -> torch.Tensor:
+        """[count, length, C] -> the group's packed tokens [tokens, C]."""
+        flat = rows.reshape(self.count * self.length, rows.shape[-1])
+        return flat if self.valid is None else flat.index_select(0, self.valid)
+
+
+@dataclass(frozen=True)
+class TailPacking:
+    """Where a plan's computed positions (each row's tail, prefix..end-1) sit in the packed [T, D] activations,
+    on one device: tokens in length-group order, a group's rows in order, a row's positions in order.
+
+    token_source: each token's index in the flattened [rows * context] embeddings; positions: its position (for
+    the positional embedding); row_start: each row's first token (in row order, so a row's position p is token
+    row_start + p - prefix)."""
+
+    token_source: torch.Tensor
+    positions: torch.Tensor
+    row_start: torch.Tensor
+    groups: tuple[AttentionGroup, ...]
+
+    @property
+    def tokens(self) -> int:
+        return self.token_source.shape[0]
+
+
+@dataclass(frozen=True)
 class TextPlan:
-    """How an encode of `rows` prompt rows runs (see the module docstring). `groups` holds, per length group,
-    its row indices and the end position its rows are cut at (None: every position, no truncation)."""
+    """How an encode of `rows` prompt rows runs (see the module docstring). `ends` holds each row's end (one past
+    the last position computed); `groups`, per length group, its row indices and the end of its longest row."""
 
     rows: int
     prefix: int
     prefix_groups: int
-    groups: tuple[tuple[tuple[int, ...], Optional[int]], ...]
+    groups: tuple[tuple[tuple[int, ...], int], ...]
+    ends: tuple[int, ...]
+    context: int
     constant_tail: bool = False
     _on_device: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
@@ -96,18 +147,36 @@ class TextPlan:
     def rows_per_prefix(self) -> int:
         return self.rows // self.prefix_groups
 
-    def device_indices(self, device: torch.device) -> tuple[list[torch.Tensor], Optional[torch.Tensor]]:
-        """(row indices of each length group, the permutation that puts the concatenated group outputs
-        back in row order or None when they already are), made on `device` once and kept."""
+    def packing(self, device: torch.device) -> TailPacking:
+        """The plan's `TailPacking` on `device`, made once and kept."""
         key = str(device)
         if key not in self._on_device:
-            order = [row for rows, _ in self.groups for row in rows]
-            rows = [torch.tensor(group, dtype=torch.long, device=device) for group, _ in self.groups]
-            inverse = None
-            if order != list(range(self.rows)):
-                inverse = torch.argsort(torch.tensor(order)).to(device)
-            self._on_device[key] = (rows, inverse)
+            self._on_device[key] = self._make_packing(device)
         return self._on_device[key]
+
+    def _make_packing(self, device: torch.device) -> TailPacking:
+        def on_device(values: list[int]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=device)
+
+        source, positions, row_start, groups = [], [], [0] * self.rows, []
+        for rows, end in self.groups:
+            start, length = len(source), end - self.prefix
+            pad_source, valid = [], []
+            for slot, row in enumerate(rows):
+                row_start[row], first = len(source), len(source) - start
+                own = self.ends[row] - self.prefix
+                source += range(row * self.context + self.prefix, row * self.context + self.ends[row])
+                positions += range(self.prefix, self.ends[row])
+                pad_source += [first + min(t, own - 1) for t in range(length)]
+                valid += range(slot * length, slot * length + own)
+            padding = len(valid) < len(pad_source)
+            owner = None
+            if self.prefix and self.prefix_groups > 1:
+                owner = on_device([row // self.rows_per_prefix for row in rows])
+            groups.append(AttentionGroup(start, len(source) - start, len(rows), length,
+                                         on_device(pad_source) if padding else None,
+                                         on_device(valid) if padding else None, owner))
+        return TailPacking(on_device(source), on_device(positions), on_device(row_start), tuple(groups))
 
 
 def learned_end(layout: torch.Tensor) -> int:
@@ -141,11 +210,12 @@ def plan_text(eot_indices: Sequence[int], context: int, *, truncate: bool = True
     if (rows - prefix_groups) * prefix <= _PREFIX_COST_IN_POSITIONS:  # positions saved: all rows but one per group
         prefix = 0
     if not truncate:
-        groups = ((tuple(range(rows)), None),)
+        ends = [context] * rows
+        groups = ((tuple(range(rows)), context),)
     else:
         # Keep every position a deep prompt writes to, so replacement never lengthens the sequence.
         ends = [min(max(e + 1, 1 + deep_prompt_tokens), context) for e in eot]
         groups = tuple((tuple(group), max(ends[row] for row in group))
                        for group in _length_groups([end - prefix for end in ends]))
     constant_tail = prefix > 0 and learned_positions_end is not None and learned_positions_end <= prefix
-    return TextPlan(rows, prefix, prefix_groups, groups, constant_tail)
+    return TextPlan(rows, prefix, prefix_groups, groups, tuple(ends), context, constant_tail)

@@ -71,10 +71,14 @@ def test_text_deep_prompts_replace_positions_after_sos(vit):
     embeddings = vit.token_embedding(tokens)
     with torch.no_grad(), _BlockRecorder(vit.transformer) as rec:
         vit.encode_text_embeddings(embeddings, tokens.argmax(-1), deep, truncate=False, share_prefix=False)
+    # The blocks see the rows packed, one after the other: [rows * 77, D] here (no truncation, no shared prefix).
+    def rows(packed):
+        return packed.view(len(TEXTS), -1, width)
+
     # Layer 0 sees the embeddings plus positional embedding, untouched.
-    torch.testing.assert_close(rec.inputs[0], embeddings + vit.positional_embedding)
+    torch.testing.assert_close(rows(rec.inputs[0]), embeddings + vit.positional_embedding)
     for layer in (1, 2):
-        before, after = rec.outputs[layer - 1], rec.inputs[layer]
+        before, after = rows(rec.outputs[layer - 1]), rows(rec.inputs[layer])
         expected = before.clone()
         expected[:, 1:1 + n] = deep[layer - 1]  # positions 1..n, right after SOS
         assert torch.equal(after, expected)
@@ -130,10 +134,10 @@ def test_truncation_gives_the_full_context_features(vit, fused):
             torch.testing.assert_close(short, full, atol=1e-5, rtol=1e-5)
         with clip_model.text_truncation(False), _BlockRecorder(vit.transformer) as rec:
             vit.encode_text(tokens)
-        assert rec.inputs[0].shape[1] == 77
+        assert rec.inputs[0].shape[0] == len(TEXTS) * 77
         with _BlockRecorder(vit.transformer) as rec:
             vit.encode_text(tokens)
-        assert rec.inputs[0].shape[1] == int(tokens.argmax(-1).max()) + 1
+        assert rec.inputs[0].shape[0] == int((tokens.argmax(-1) + 1).sum())  # each row up to its own EOT
 
 
 def test_prompt_errors_are_actionable(vit):

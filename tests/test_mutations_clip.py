@@ -1,8 +1,8 @@
 """Guards against plausible one-line bugs in clip/ that the rest of the suite let through.
 
 The length-grouped text truncation (many prompts of very different lengths, e.g. ImageNet's class names
-or CoCoOp's B x n_cls prompts) encodes each group separately and must put the features back in row order;
-the other tests only ever produce one group.
+or CoCoOp's B x n_cls prompts) packs the rows group by group and must read each row's features back in row
+order; most other tests only ever produce one group.
 """
 import pytest
 import torch

@@ -107,8 +107,11 @@ def test_prefix_is_encoded_once_with_deep_prompts_applied_to_it(tiny):
     prefix_inputs, tail_inputs = seen[:n_layers], seen[n_layers:]
     assert prefix_inputs[0].shape == (1, 3, width)
     assert torch.equal(prefix_inputs[1][0, 1:3], deep[:2])
-    assert tail_inputs[0].shape[0] == len(NAMES) and tail_inputs[0].shape[1] == int(eot.max()) + 1 - 3
-    assert torch.equal(tail_inputs[1][:, :2], deep[2:].expand(len(NAMES), -1, -1))
+    # The tails are packed: each row's positions 3..EOT, one after the other, no padding.
+    assert tail_inputs[0].shape == (int((eot + 1 - 3).sum()), width)
+    row_start = plan.packing(torch.device("cpu")).row_start
+    for start in row_start.tolist():
+        assert torch.equal(tail_inputs[1][start:start + 2], deep[2:])
 
 
 def test_unplanned_encode_shares_found_prefix_only_without_gradients(tiny):
@@ -226,8 +229,8 @@ def test_a_prefix_is_shared_only_where_it_saves_more_than_its_own_pass(monkeypat
     # With the real cost (this module's fixture lowers it): 10 prompts with a prefix of 5 positions would save
     # 45 positions, so they are encoded whole; 500 save 2495 and share it. Per image (CoCoOp, 2 images), the
     # saving counts every row but one per image.
-    cost = text_plan._GROUP_COST_IN_POSITIONS
-    monkeypatch.setattr(text_plan, "_PREFIX_COST_IN_POSITIONS", cost)
+    monkeypatch.undo()
+    cost = text_plan._PREFIX_COST_IN_POSITIONS
     for rows, groups, shared in [(10, 1, False), (500, 1, True), (2 * 100, 2, True), (2 * 10, 2, False)]:
         plan = plan_text([12] * rows, 77, shared_prefix=5, prefix_groups=groups)
         assert plan.prefix == (5 if shared else 0), (rows, groups)

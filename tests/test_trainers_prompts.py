@@ -41,7 +41,8 @@ def block_inputs(blocks):
 @pytest.mark.parametrize("depth", [1, 2])
 @torch.no_grad()
 def test_maple_prompt_tokens_per_layer(tiny, depth):
-    model = maple(tiny, depth, shared_prefix=False)  # every row whole (the shared prefix: test_shared_prefix.py)
+    # every row whole (the shared prefix: test_shared_prefix.py; truncation: test_clip_prompts.py)
+    model = maple(tiny, depth, shared_prefix=False, text_truncation=False)
     pl = model.prompt_learner
     text_in, h1 = block_inputs(tiny.transformer.resblocks)
     vision_in, h2 = block_inputs(tiny.visual.transformer.resblocks)
@@ -51,6 +52,8 @@ def test_maple_prompt_tokens_per_layer(tiny, depth):
     model(image)
     for h in (*h1, *h2, h3):
         h.remove()
+    # the text blocks see the rows packed one after the other: [classes * 77, D] -> [classes, 77, D]
+    text_in, text_out = ([x.view(len(CLASSNAMES), -1, x.shape[-1]) for x in seen] for seen in (text_in, text_out))
     n = pl.n_ctx
     pos = tiny.positional_embedding
     # text layer 0: [SOS] ctx ctx "of a <class> ." with positional embeddings

@@ -72,8 +72,8 @@ def _add_project_keys(cfg: CN) -> None:
     # Exact speed-ups (same numbers, less work), all on by default; a benchmark's `--plain` mode turns
     # every one of them off to measure the official-style path.
     cfg.TRAINER.SPEEDUPS = CN()
-    # Drop text positions after the EOT before the (causal) text transformer; many prompts are encoded
-    # in groups of similar length, each cut after its own longest EOT.
+    # Drop text positions after the EOT before the (causal) text transformer: each prompt is cut after its
+    # own EOT and the prompts' tokens are packed into one matrix (attention runs per group of similar length).
     cfg.TRAINER.SPEEDUPS.TEXT_TRUNCATION = True
     # Encode once the leading positions that every class prompt holds identically (SOS, a shared context,
     # class-independent words; once per image for CoCoOp); each class encodes only its own tail.
