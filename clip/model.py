@@ -136,10 +136,13 @@ class SelfAttention(nn.Module):
         length group. `prefix_kv`: a shared prefix's keys and values [G, heads, P, d] (one per prefix group),
         which every row's queries attend to before its own keys (causal: the rows follow the prefix)."""
         qkv = linear(x, self.in_proj_weight, self.in_proj_bias)
+        # split, not one slice per group: its backward joins the groups' gradients once, where slices would each
+        # build a gradient of the whole [T, 3D]
+        pieces = qkv.split(packing.group_tokens) if len(packing.groups) > 1 else (qkv,)
         outputs = []
-        for group in packing.groups:
+        for group, piece in zip(packing.groups, pieces):
             group_kv = None if prefix_kv is None else _kv_for_rows(prefix_kv, group.owner, group.count)
-            outputs.append(group.unpadded(self._attend(group.padded(qkv), causal, group_kv)[0]))
+            outputs.append(group.unpadded(self._attend(group.padded(piece), causal, group_kv)[0]))
         return self.out_proj(outputs[0] if len(outputs) == 1 else torch.cat(outputs))
 
     def _attend(self, qkv: torch.Tensor, causal: bool,

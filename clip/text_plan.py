@@ -85,10 +85,9 @@ def leading_shared_positions(layout: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class AttentionGroup:
-    """One length group of a `TailPacking`, on a device: its `count` rows' tails are the packed tokens
-    start..start+tokens-1, padded to `length` positions each for attention."""
+    """One length group of a `TailPacking`, on a device: its `count` rows' tails are `tokens` consecutive packed
+    tokens, padded to `length` positions each for attention."""
 
-    start: int
     tokens: int
     count: int
     length: int
@@ -96,13 +95,12 @@ class AttentionGroup:
     valid: Optional[torch.Tensor]  # [tokens]: the padded slot each token's output is read from (None: no padding)
     owner: Optional[torch.Tensor]  # [count]: each row's prefix group (None: one prefix, or none)
 
-    def padded(self, packed: torch.Tensor) -> torch.Tensor:
-        """The group's rows of packed [T, C] activations as [count, length, C] (padding slots repeat their row's
-        last token: later slots only, which the causal mask hides from every real token)."""
-        own = packed[self.start:self.start + self.tokens]
+    def padded(self, own: torch.Tensor) -> torch.Tensor:
+        """The group's tokens [tokens, C] (its part of the packed activations) as rows [count, length, C] (padding
+        slots repeat their row's last token: later slots only, which the causal mask hides from every real token)."""
         if self.pad_source is not None:
             own = own.index_select(0, self.pad_source)
-        return own.view(self.count, self.length, packed.shape[-1])
+        return own.view(self.count, self.length, own.shape[-1])
 
     def unpadded(self, rows: torch.Tensor) -> torch.Tensor:
         """[count, length, C] -> the group's packed tokens [tokens, C]."""
@@ -127,6 +125,11 @@ class TailPacking:
     @property
     def tokens(self) -> int:
         return self.token_source.shape[0]
+
+    @property
+    def group_tokens(self) -> list[int]:
+        """The number of tokens of each group, in packed order (for `Tensor.split`)."""
+        return [group.tokens for group in self.groups]
 
 
 @dataclass(frozen=True)
@@ -173,7 +176,7 @@ class TextPlan:
             owner = None
             if self.prefix and self.prefix_groups > 1:
                 owner = on_device([row // self.rows_per_prefix for row in rows])
-            groups.append(AttentionGroup(start, len(source) - start, len(rows), length,
+            groups.append(AttentionGroup(len(source) - start, len(rows), length,
                                          on_device(pad_source) if padding else None,
                                          on_device(valid) if padding else None, owner))
         return TailPacking(on_device(source), on_device(positions), on_device(row_start), tuple(groups))

@@ -30,7 +30,8 @@ def test_packing_of_one_padded_group():
     assert packing.positions.tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 2, 0, 1, 2, 3]
     assert packing.row_start.tolist() == [0, 3, 8, 11]
     (group,) = packing.groups
-    assert (group.start, group.tokens, group.count, group.length, group.owner) == (0, 15, 4, 5, None)
+    assert (group.tokens, group.count, group.length, group.owner) == (15, 4, 5, None)
+    assert packing.group_tokens == [15]
     assert group.pad_source.tolist() == [0, 1, 2, 2, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10, 11, 12, 13, 14, 14]
     assert group.valid.tolist() == [0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12, 15, 16, 17, 18]
     # padded then unpadded gives the tokens back
@@ -49,8 +50,8 @@ def test_packing_of_length_groups_with_a_shared_prefix(monkeypatch):
     assert packing.token_source.tolist() == [2, 3, 18, 19, 26, 27, 28, 10, 11, 12, 13]
     assert packing.positions.tolist() == [2, 3, 2, 3, 2, 3, 4, 2, 3, 4, 5]
     assert packing.row_start.tolist() == [0, 7, 2, 4]
-    assert [(g.start, g.tokens, g.count, g.length) for g in packing.groups] == [(0, 4, 2, 2), (4, 3, 1, 3),
-                                                                                (7, 4, 1, 4)]
+    assert [(g.tokens, g.count, g.length) for g in packing.groups] == [(4, 2, 2), (3, 1, 3), (4, 1, 4)]
+    assert packing.group_tokens == [4, 3, 4]
     assert all(g.pad_source is None and g.valid is None for g in packing.groups)  # exact lengths: no padding
     assert [g.owner.tolist() for g in packing.groups] == [[0, 1], [1], [0]]
 
