@@ -13,8 +13,8 @@ from dassl.config.values import check_values
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer, plugins
 from dassl.engine.run_folder import CONFIG_FILE_NAME, check_run_folder, move_aside, read_run_config
-from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, set_cuda_math, set_random_seed,
-                         setup_logger, write_text_atomic)
+from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, keep_freed_memory, set_cuda_math,
+                         set_random_seed, setup_logger, write_text_atomic)
 from dassl.utils.distributed import (
     LaunchEnv,
     barrier,
@@ -257,6 +257,8 @@ def run(args: argparse.Namespace, cfg, launch: Optional[LaunchEnv], has_run: boo
         set_random_seed(seed)
     if torch.cuda.is_available() and cfg.USE_CUDA:
         set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
+    elif keep_freed_memory():
+        print("CPU run: freed memory is kept for the next tensors (glibc malloc; dassl/utils/host_memory.py)")
 
     print_args(args, cfg)
     if not has_run:

@@ -313,13 +313,15 @@ def machine(device) -> dict:
 
 def measure(spec: Spec) -> dict:
     """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
-    from dassl.utils import set_cuda_math, set_random_seed
+    from dassl.utils import keep_freed_memory, set_cuda_math, set_random_seed
 
     if spec.phase not in PHASES:
         raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
     cfg = build_cfg(spec)
-    if spec.device == "cuda":
-        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)  # as train.py does
+    if spec.device == "cuda":  # as train.py does
+        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
+    else:
+        keep_freed_memory()
     set_random_seed(cfg.SEED)
     start = time.perf_counter()
     trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))

@@ -52,6 +52,7 @@ def test_train_resume_and_eval_only_end_to_end(tmp_path):
     positions = [log.find(s) for s in order]
     assert -1 not in positions, [s for s, p in zip(order, positions) if p == -1]
     assert positions == sorted(positions)
+    assert "CPU run: freed memory is kept for the next tensors" in log  # dassl/utils/host_memory.py (glibc)
     assert re.search(r"epoch \[1/2\] batch \[1/3\] time [\d.]+ \([\d.]+\) data [\d.]+ \([\d.]+\) loss [\d.]+ \([\d.]+\) "
                      r"acc [\d.]+ \([\d.]+\) lr 1\.0000e-05 eta \d+:\d\d:\d\d", log)
     assert sorted(os.listdir(os.path.join(out, "linear_probe"))) == ["checkpoint", "model.pth.tar-2"]

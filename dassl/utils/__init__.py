@@ -1,4 +1,5 @@
 from .atomic import atomic_write, remove_stale_temp_files, write_bytes_atomic, write_json_atomic, write_text_atomic
+from .host_memory import keep_freed_memory
 from .logger import Logger, setup_logger
 from .meters import AverageMeter, MetricMeter
 from .registry import Registry, check_availability, get_most_similar_str_to_a_from_b
