@@ -10,6 +10,7 @@ from benchmarks.measure import Spec, build_cfg, build_trainer_on_classes, load_c
 from clip import clip
 from clip.model import Transformer, fused_attention
 from clip.random_models import random_state_dict
+from clip.text_plan import plan_text
 
 TINY = "RandomInit-ViT-Tiny"
 DEMO_MAPLE = "configs/trainers/MaPLe/tiny.yaml"
@@ -67,8 +68,12 @@ def test_compiled_blocks_keep_outputs_and_parameter_names(tiny):
     compiled = copy.deepcopy(eager)
     compiled.compile_blocks(backend="eager")  # dynamo's tracing without inductor's compile time
     x = torch.randn(3, 5, eager.width, generator=torch.Generator().manual_seed(0))
+    # packed text tokens (clip/text_plan.py): rows of 3, 5, 3 and 4 positions, one padded attention group
+    packing = plan_text([2, 4, 2, 3], 8).packing(torch.device("cpu"))
+    packed = torch.randn(packing.tokens, eager.width, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(compiled.forward_batch_first(x), eager.forward_batch_first(x))
+        torch.testing.assert_close(compiled.forward_packed(packed, packing), eager.forward_packed(packed, packing))
     assert list(compiled.state_dict()) == list(eager.state_dict())
 
 
