@@ -48,9 +48,9 @@ _PREFIX_COST_IN_POSITIONS = 256
 
 
 def _length_groups(lengths: Sequence[int]) -> list[list[int]]:
-    """Row indices grouped by length (contiguous ranges of the sorted lengths) so that the positions
-    computed, sum(rows x longest + _GROUP_COST_IN_POSITIONS) over the groups, is smallest (dynamic
-    programming over the distinct lengths). Few or similar rows give one group: plain truncation."""
+    """Row indices grouped by length (contiguous ranges of the sorted lengths) so that the padded positions
+    attention runs over, sum(rows x longest + _GROUP_COST_IN_POSITIONS) over the groups, is smallest (dynamic
+    programming over the distinct lengths). Few or similar rows give one group."""
     values = sorted(set(lengths))
     counts = [0] * len(values)
     slot = {value: i for i, value in enumerate(values)}
