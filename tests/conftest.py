@@ -4,6 +4,8 @@ import by file location)."""
 import os
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
@@ -12,7 +14,6 @@ if ROOT not in sys.path:
 def pytest_collection_modifyitems(config, items):
     """Tests marked `cuda` need a CUDA GPU; on a machine without one they are skipped with that reason
     (benchmarks/gpu_check.sh runs them where a GPU is present)."""
-    import pytest
     import torch
 
     if torch.cuda.is_available():
@@ -22,3 +23,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cuda_math_flags():
+    """The CUDA math flags that `set_cuda_math` writes, as (module, name) pairs, restored after the test.
+
+    Restored by assignment, not by `monkeypatch.setattr`: torch serves these flags through the modules'
+    `__getattr__` / descriptors, and pytest 9's monkeypatch undoes a patch of an attribute missing from the
+    instance `__dict__` by deleting it, which leaves `torch.backends.cuda.matmul.allow_tf32` unreadable."""
+    import torch
+
+    flags = ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"),
+             (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32"))
+    saved = [getattr(module, name) for module, name in flags]
+    yield flags
+    for (module, name), value in zip(flags, saved):
+        setattr(module, name, value)

@@ -44,7 +44,8 @@ def test_every_trainer_trains_and_evaluates_on_cuda(name, config, prec_key, prec
 @pytest.mark.parametrize("name,config", [("CoOp", "CoOp/tiny.yaml"), ("MaPLe", "MaPLe/tiny.yaml"),
                                          ("IVLP", "IVLP/tiny.yaml"), ("CoCoOp", "CoCoOp/tiny.yaml"),
                                          ("PromptSRC", "PromptSRC/tiny.yaml")])
-def test_every_speedup_gives_the_plain_logits_on_cuda(name, config, data_root, tmp_path, monkeypatch):
+def test_every_speedup_gives_the_plain_logits_on_cuda(name, config, data_root, tmp_path, monkeypatch,
+                                                      cuda_math_flags):
     """Evaluation cache, text truncation, shared prefix, fused attention, evaluation chunks (and any switch added
     under TRAINER.SPEEDUPS, which plain_opts turns off too) against the plain path, in exact fp32."""
     monkeypatch.setattr(text_plan, "_PREFIX_COST_IN_POSITIONS", 0)  # share the prefix of the demo's few classes
@@ -52,9 +53,6 @@ def test_every_speedup_gives_the_plain_logits_on_cuda(name, config, data_root, t
     ours = demo_trainer(name, config, data_root, str(tmp_path / "ours"), *opts)
     plain = demo_trainer(name, config, data_root, str(tmp_path / "plain"), *opts, *plain_opts(ours.cfg))
     plain.model.load_state_dict(ours.model.state_dict())
-    for module, flag in ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"),
-                         (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32")):
-        monkeypatch.setattr(module, flag, getattr(module, flag))  # restored after the test
     set_cuda_math(exact_fp32=ours.cfg.CUDA_EXACT_FP32)  # as train.py does
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(6, 3, 32, 32, generator=generator).to(ours.device)

@@ -121,11 +121,8 @@ def test_a_local_rank_beyond_the_visible_gpus_says_what_to_change(fake_gpus):
 
 
 @pytest.mark.parametrize("exact", [True, False])
-def test_the_exact_fp32_switch_sets_the_cuda_math_flags(monkeypatch, exact):
-    flags = ((torch.backends.cudnn, "benchmark"), (torch.backends.cudnn, "deterministic"),
-             (torch.backends.cudnn, "allow_tf32"), (torch.backends.cuda.matmul, "allow_tf32"))
-    for module, name in flags:  # restored after the test
-        monkeypatch.setattr(module, name, getattr(module, name))
+def test_the_exact_fp32_switch_sets_the_cuda_math_flags(cuda_math_flags, exact):
+    flags = cuda_math_flags  # restored after the test
     train.import_plugins([])
     cfg = train.setup_cfg(train.build_parser().parse_args(["CUDA_EXACT_FP32", str(exact)]))
     set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
