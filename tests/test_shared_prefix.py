@@ -41,6 +41,14 @@ def _prompts(model, ctx: torch.Tensor, repeat: int = 1):
     return torch.cat([embedding[:, :1], ctx.expand(rows, -1, -1), embedding[:, 3:]], dim=1), tokens.argmax(-1)
 
 
+def assert_close_at_scale(got: torch.Tensor, expected: torch.Tensor, tolerance: float) -> None:
+    """Equal within `tolerance` of the expected tensor's largest magnitude. Gradients summed over many rows in
+    another order differ by fp32 rounding of their largest terms (measured: 7e-7 of the scale), which on some
+    CPUs exceeds an element-wise 1e-5 for elements of magnitude 30."""
+    scale = expected.abs().max()
+    torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=tolerance)
+
+
 def _features_and_grads(model, plan_of, precision: str = "fp32", checkpointing: bool = False, repeat: int = 1):
     generator = torch.Generator().manual_seed(0)
     width = model.transformer.width
@@ -70,8 +78,7 @@ def test_planned_prefix_gives_the_features_and_gradients_of_whole_rows(tiny, pre
                                      precision)
     assert whole[0].prefix == 0 and shared[0].prefix == 3  # SOS and the two context vectors
     for expected, got in zip(whole[1:], shared[1:]):
-        scale = expected.abs().max()
-        torch.testing.assert_close(got / scale, expected / scale, rtol=0, atol=tolerance)
+        assert_close_at_scale(got, expected, tolerance)
 
 
 @pytest.mark.parametrize("truncate", [True, False])
@@ -84,7 +91,7 @@ def test_prefix_groups_and_checkpointing_keep_features_and_gradients(tiny, trunc
                                         prefix_groups=3), checkpointing=checkpointing, repeat=3)
         assert grouped[0].prefix == 3 and grouped[0].prefix_groups == 3
         for expected, got in zip(whole[1:], grouped[1:]):
-            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            assert_close_at_scale(got, expected, 1e-5)
 
 
 def test_prefix_is_encoded_once_with_deep_prompts_applied_to_it(tiny):
