@@ -202,7 +202,7 @@ CSV_FIELDS = ["dataset", "trainer", "config", "shots", "base", "base_std", "base
               "novel", "novel_std", "novel_seeds", "hm"]
 
 
-def _write_atomic(path: str, data: bytes) -> None:
+def write_atomic(path: str, data: bytes) -> None:
     # imported here: `dassl` pulls in torch, which reading logs and printing tables do not need
     from dassl.utils.atomic import write_bytes_atomic
 
@@ -238,7 +238,7 @@ def write_csv(table: Base2NewTable, path: str) -> None:
                 "base_seeds": "", "novel_seeds": "", "base_std": "", "novel_std": "",
             })
     # the table is complete in memory, then replaces any previous file in one step
-    _write_atomic(path, handle.getvalue().encode("utf-8"))
+    write_atomic(path, handle.getvalue().encode("utf-8"))
 
 
 def plot_series(table: Base2NewTable) -> list[tuple[Method, list[tuple[float, float]], Average]]:
@@ -279,4 +279,4 @@ def write_plot(table: Base2NewTable, path: str) -> None:
     image = io.BytesIO()
     figure.savefig(image, dpi=120, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(figure)
-    _write_atomic(path, image.getvalue())
+    write_atomic(path, image.getvalue())

@@ -1,0 +1,26 @@
+"""What the sweep and the tables need to know about a trainer, asked of its registered class rather than of its
+name: a trainer says so with class attributes, and one that says nothing gets the defaults below (every
+prompt method's behaviour).
+
+- `TRANSFERS_TO_UNSEEN_CLASSES` (default True): it can score classes it was not trained on (a new class
+  list builds a new classifier from the class names). False (the linear probe): no base-to-novel runs, no
+  cross-dataset rows; domain-generalisation targets only where their classes are its training classes.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+
+@functools.lru_cache(maxsize=None)
+def trainer_class(name: str) -> Optional[type]:
+    """The registered class of `name` (importing the project's trainers registers them), or None for a name
+    the registry does not hold (a trainer of another repository, registered only in its own runs)."""
+    import trainers  # noqa: F401  (registers every trainer)
+    from dassl.engine import TRAINER_REGISTRY
+
+    return TRAINER_REGISTRY.get(name) if name in TRAINER_REGISTRY.registered_names() else None
+
+
+def transfers_to_unseen_classes(name: str) -> bool:
+    return bool(getattr(trainer_class(name), "TRANSFERS_TO_UNSEEN_CLASSES", True))
