@@ -54,6 +54,120 @@ def _tree(u, v, r):
     return trunk | crown
 
 
+def _polygon(points) -> Mask:
+    """The inside of a closed polygon given by (u, v) corners (even-odd rule)."""
+    corners = np.asarray(points, dtype=float)
+
+    def mask(u, v, r):
+        inside = np.zeros_like(u, dtype=bool)
+        for (u0, v0), (u1, v1) in zip(corners, np.roll(corners, -1, axis=0)):
+            crosses = (v0 > v) != (v1 > v)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                at = u0 + (v - v0) * (u1 - u0) / (v1 - v0)
+            inside ^= crosses & (u < at)
+        return inside
+    return mask
+
+
+def _disc(cu: float, cv: float, radius: float, u, v):
+    return np.hypot(u - cu, v - cv) < radius
+
+
+def _box(u0: float, u1: float, v0: float, v1: float, u, v):
+    return (u > u0) & (u < u1) & (v > v0) & (v < v1)
+
+
+def _cloud(u, v, r):
+    puffs = _disc(-0.5, 0.15, 0.42, u, v) | _disc(0.0, -0.15, 0.55, u, v) | _disc(0.5, 0.15, 0.42, u, v)
+    return (puffs | _box(-0.5, 0.5, 0.1, 0.57, u, v)) & (v < 0.57)
+
+
+def _drop(u, v, r):
+    return _disc(0.0, 0.3, 0.6, u, v) | ((v <= 0.3) & (v > -1.0) & (np.abs(u) < 0.6 * (v + 1.0) / 1.3))
+
+
+def _leaf(u, v, r):
+    # a pointed lens tilted by 45 degrees, with a short stalk at its lower end
+    a, b = (u + v) / np.sqrt(2), (v - u) / np.sqrt(2)
+    blade = _disc(0.55, 0.0, 1.0, a, b * 1.1) & _disc(-0.55, 0.0, 1.0, a, b * 1.1) & (b > -0.9)
+    stalk = (np.abs(a) < 0.1) & (b > 0.5) & (b < 1.15)
+    return blade | stalk
+
+
+def _fish(u, v, r):
+    body = ((u + 0.2) / 0.65) ** 2 + (v / 0.45) ** 2 < 1
+    tail = (u > 0.35) & (u < 0.95) & (np.abs(v) < 0.1 + 0.8 * (u - 0.35))
+    return body | tail
+
+
+def _mushroom(u, v, r):
+    cap = _disc(0.0, 0.05, 0.95, u, v) & (v < 0.05)
+    stem = _box(-0.25, 0.25, 0.0, 0.85, u, v)
+    return cap | stem
+
+
+def _mountain(u, v, r):
+    base = v < 0.7
+    return base & ((np.abs(u + 0.3) < 0.75 * (v + 0.85)) | (np.abs(u - 0.45) < 0.8 * (v + 0.3))) & (v > -0.85)
+
+
+def _cactus(u, v, r):
+    trunk = _box(-0.2, 0.2, -0.95, 0.95, u, v)
+    left = _box(-0.7, -0.2, 0.0, 0.25, u, v) | _box(-0.7, -0.45, -0.55, 0.25, u, v)
+    right = _box(0.2, 0.7, -0.25, 0.0, u, v) | _box(0.45, 0.7, -0.75, 0.0, u, v)
+    return trunk | left | right
+
+
+def _cup(u, v, r):
+    body = _box(-0.7, 0.35, -0.6, 0.7, u, v)
+    ring = np.hypot(u - 0.4, v - 0.02)
+    handle = (ring < 0.42) & (ring > 0.2) & (u > 0.35)
+    return body | handle
+
+
+def _umbrella(u, v, r):
+    canopy = _disc(0.0, -0.05, 0.95, u, v) & (v < -0.05)
+    shaft = _box(-0.08, 0.08, -0.1, 0.7, u, v)
+    bend = np.hypot(u + 0.2, v - 0.7)
+    hook = (bend < 0.28) & (bend > 0.12) & (v > 0.7)
+    return canopy | shaft | hook
+
+
+def _bell(u, v, r):
+    body = (v > -0.65) & (v < 0.5) & (np.abs(u) < 0.25 + 0.5 * ((v + 0.65) / 1.15) ** 2)
+    rim = _box(-0.85, 0.85, 0.4, 0.58, u, v)
+    return body | rim | _disc(0.0, -0.75, 0.17, u, v) | _disc(0.0, 0.7, 0.17, u, v)
+
+
+def _bottle(u, v, r):
+    neck = _box(-0.16, 0.16, -0.95, -0.35, u, v)
+    shoulder = (v >= -0.35) & (v < -0.1) & (np.abs(u) < 0.16 + 1.2 * (v + 0.35))
+    body = _box(-0.46, 0.46, -0.11, 0.95, u, v)
+    return neck | shoulder | body
+
+
+def _key(u, v, r):
+    ring = np.hypot(u + 0.55, v)
+    bow = (ring < 0.42) & (ring > 0.18)
+    shaft = _box(-0.2, 0.95, -0.1, 0.1, u, v)
+    teeth = _box(0.5, 0.66, 0.0, 0.38, u, v) | _box(0.78, 0.95, 0.0, 0.32, u, v)
+    return bow | shaft | teeth
+
+
+def _boat(u, v, r):
+    hull = (v > 0.3) & (v < 0.7) & (np.abs(u) < 0.95 - 0.9 * (v - 0.3))
+    mast = _box(-0.06, 0.06, -0.95, 0.32, u, v)
+    sail = (v > -0.85) & (v < 0.2) & (u > 0.06) & (u < 0.06 + 0.68 * (v + 0.85) / 1.05)
+    return hull | mast | sail
+
+
+def _car(u, v, r):
+    body = _box(-0.95, 0.95, -0.1, 0.38, u, v)
+    cabin = (v > -0.5) & (v <= -0.1) & (np.abs(u) < 0.4 + 0.6 * (v + 0.5))
+    wheels = _disc(-0.52, 0.42, 0.26, u, v) | _disc(0.52, 0.42, 0.26, u, v)
+    return body | cabin | wheels
+
+
 # Object name -> mask, in the demo's label order: its first half are the base classes, the rest the novel
 # ones; each half mixes round, angular and composite shapes, and most novel objects have a base relative
 # (ring/circle, frame/square, pentagon/hexagon), as real novel classes do.
@@ -79,6 +193,32 @@ OBJECTS: Dict[str, Mask] = {
     "tree": _tree,
     "frame": lambda u, v, r: (np.maximum(np.abs(u), np.abs(v)) < 0.85) & (np.maximum(np.abs(u), np.abs(v)) > 0.55),
 }
+# The objects of the cross-dataset targets (datasets/demo_targets.py): the backbone is pre-trained on them as
+# on the demo's own, but no demo class is one of them, so prompts learned on the demo meet new class names.
+NATURE_OBJECTS: Dict[str, Mask] = {
+    "cloud": _cloud,
+    "drop": _drop,
+    "leaf": _leaf,
+    "fish": _fish,
+    "mushroom": _mushroom,
+    "mountain": _mountain,
+    "lightning": _polygon([(0.1, -1.0), (0.6, -1.0), (0.2, -0.2), (0.55, -0.2), (-0.35, 1.0), (-0.05, 0.1),
+                           (-0.45, 0.1)]),
+    "cactus": _cactus,
+}
+THING_OBJECTS: Dict[str, Mask] = {
+    "cup": _cup,
+    "umbrella": _umbrella,
+    "bell": _bell,
+    "bottle": _bottle,
+    "key": _key,
+    "boat": _boat,
+    "car": _car,
+    "crown": _polygon([(-0.85, 0.65), (0.85, 0.65), (0.85, -0.55), (0.45, 0.0), (0.0, -0.7), (-0.45, 0.0),
+                       (-0.85, -0.55)]),
+}
+# Everything the world draws and the backbone is pre-trained on.
+WORLD_OBJECTS: Dict[str, Mask] = {**OBJECTS, **NATURE_OBJECTS, **THING_OBJECTS}
 # Round shapes look the same at any angle; the others are only tilted a little, so "arrow" keeps pointing right
 # and "house" stays upright, as their names promise.
 _ROUND = {"circle", "ring", "flower", "star"}
@@ -143,7 +283,7 @@ def mirrored(scene: Scene) -> Scene:
 
 def random_scene(rng: np.random.Generator, obj: str | None = None, style: str | None = None) -> Scene:
     """A scene with uniformly drawn attributes (and object and style, unless given)."""
-    names = list(OBJECTS)
+    names = list(WORLD_OBJECTS)
     obj = obj if obj is not None else names[rng.integers(len(names))]
     colour = list(COLOURS)[rng.integers(len(COLOURS))]
     background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
@@ -201,7 +341,7 @@ def render_float(scene: Scene, size: int, rng: np.random.Generator) -> np.ndarra
     dx, dy = (x - centre[0]) / radius, (y - centre[1]) / radius
     u = dx * np.cos(theta) + dy * np.sin(theta)
     v = -dx * np.sin(theta) + dy * np.cos(theta)
-    inside = OBJECTS[scene.obj](u, v, np.hypot(u, v))
+    inside = WORLD_OBJECTS[scene.obj](u, v, np.hypot(u, v))
 
     fg = np.clip(np.array(COLOURS[scene.colour]) + rng.normal(0, 0.04, 3), 0, 1)
     bg = np.clip(np.array(BACKGROUNDS[scene.background]) + rng.normal(0, 0.03, 3), 0, 1)
@@ -264,3 +404,12 @@ def shift_style(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     are still recognisable, but the features of every picture move away from where captions put them."""
     sketch = (1.0 - _SKETCH_TRACE) * _sketch(image) + _SKETCH_TRACE * image
     return np.clip(sketch + rng.normal(0.0, 0.03, size=image.shape), 0.0, 1.0)
+
+
+def mosaic(image: np.ndarray, tile: int = 4) -> np.ndarray:
+    """A second style pre-training never shows (a domain-generalisation target): the picture as a mosaic of
+    `tile` x `tile` pixel squares, each the mean colour of what it covers. Large shapes keep their outline in
+    coarse steps; small ones become a few blocks."""
+    size = image.shape[0]
+    blocks = image.reshape(size // tile, tile, size // tile, tile, 3).mean(axis=(1, 3))
+    return np.repeat(np.repeat(blocks, tile, axis=0), tile, axis=1)
