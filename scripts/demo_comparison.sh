@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# The demo's whole base-to-novel comparison in one command (docs/DEMO.md): zero-shot CLIP, CoOp, CoCoOp,
-# MaPLe, IVLP and PromptSRC on the demo dataset, seeds 1-3, two jobs at a time on the CPU; then the table
-# (Markdown, CSV) and the plot in $OUTPUT_ROOT/results/. Finished runs are skipped, so a re-run only adds
-# what is missing. Every setting of scripts/sweep.sh can still be given (TRAINERS, SEEDS, GPUS, OUTPUT_ROOT).
+# The demo's four tables in one command (docs/DEMO.md), seeds 1-3, two jobs at a time on the CPU:
+# base-to-novel (zero-shot CLIP, CoOp, CoCoOp, MaPLe, IVLP, PromptSRC), then cross-dataset transfer, domain
+# generalisation and few-shot learning (1-16 shots) of zero-shot CLIP, the linear probe, CoOp, CoCoOp and MaPLe,
+# each table as Markdown, CSV and PNG in $OUTPUT_ROOT/results/. Finished runs are skipped, so a re-run only adds
+# what is missing. Settings: SEEDS, GPUS, OUTPUT_ROOT, DATA, and BASE2NEW_TRAINERS / TRAINERS for the methods.
 set -euo pipefail
 case "${1:-}" in
-    -h|--help) sed -n '2,5p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) sed -n '2,7p' "$0" | cut -c3-; exit 0 ;;
     "") ;;
     *) echo "error: demo_comparison.sh takes no arguments (settings come from the environment)" >&2; exit 2 ;;
 esac
-export TRAINERS="${TRAINERS:-ZeroshotCLIP,CoOp,CoCoOp,MaPLe,IVLP,PromptSRC}"
+sweep="$(dirname "${BASH_SOURCE[0]}")/sweep.sh"
 export SEEDS="${SEEDS:-1,2,3}"
 export GPUS="${GPUS:-cpu,cpu}"
-export DATASETS=demo STEPS=base2new
-exec bash "$(dirname "${BASH_SOURCE[0]}")/sweep.sh"
+export DATASETS=demo SOURCE=demo
+status=0
+TRAINERS="${BASE2NEW_TRAINERS:-ZeroshotCLIP,CoOp,CoCoOp,MaPLe,IVLP,PromptSRC}" STEPS=base2new \
+    bash "$sweep" || status=$?
+TRAINERS="${TRAINERS:-ZeroshotCLIP,LinearProbeCLIP,CoOp,CoCoOp,MaPLe}" STEPS=xd,dg,fewshot \
+    FEWSHOT_SHOTS="${FEWSHOT_SHOTS:-1,2,4,8,16}" bash "$sweep" || status=$?
+exit "$status"

@@ -143,6 +143,7 @@ default_cfg() {
         */CoCoOp) echo vit_b16_c4_ep10_batch1_ctxv1 ;;
         */PromptSRC) echo vit_b16_c2_ep20_batch4_4+4ctx ;;
         */CoOp) echo vit_b16 ;;
+        */LinearProbeCLIP) echo vit_b16 ;;
         *) die "no default config for trainer '$2' in protocol '$1': set CFG (see configs/trainers/$2/)" ;;
     esac
 }
@@ -151,10 +152,15 @@ config_dir() {
     if [ "$1" = ZeroshotCLIP ]; then echo configs/trainers/CoOp; else echo "configs/trainers/$1"; fi
 }
 
+# The demo dataset and its transfer targets (demo_*) run the demo configs.
+is_demo_dataset() {
+    case "$1" in demo|demo_*) return 0 ;; *) return 1 ;; esac
+}
+
 # Set CFG and CONFIG_FILE: resolve_cfg PROTOCOL DATASET_THAT_PICKS_THE_DEMO_CONFIG
 resolve_cfg() {
     if [ -z "${CFG:-}" ]; then
-        if [ "$2" = demo ]; then CFG=demo; else CFG="$(default_cfg "$1" "$TRAINER")"; fi
+        if is_demo_dataset "$2"; then CFG=demo; else CFG="$(default_cfg "$1" "$TRAINER")"; fi
     fi
     local dir
     dir="$(config_dir "$TRAINER")"
@@ -250,8 +256,10 @@ base_cmd() {
 # FORCE=1 runs the job again, train.py moving the old run aside. With CHECK_FINISHED=1 (sweep.sh) the job is
 # only checked: its result is printed and the exit status is 0 when it is finished, 1 otherwise.
 # kind is "train" or "test" (evaluation-only).
+# With PRINT_RUN_DIR=1 (sweep.sh, to find jobs that share a run folder) only the folder is printed.
 run_job() {  # LABEL KIND DIR
     local label="$1" kind="$2" dir="$3"
+    if [ "${PRINT_RUN_DIR:-0}" = 1 ]; then echo "$dir"; exit 0; fi
     local flag=()
     if [ "$kind" = test ]; then flag=(--test-log); fi
     local value finished=0

@@ -6,27 +6,42 @@ repository root). Settings come from the environment:
   TRAINERS  trainers, comma or space separated; TRAINER:CFG picks a config (default MaPLe).
             ZeroshotCLIP trains nothing: its base2new steps evaluate it on the base / novel classes
             (scripts/zeroshot.sh SUB=base|new), and it is the first method of the table
-  DATASETS  datasets (default: the 11 base-to-novel benchmarks)
+  DATASETS  datasets of the base2new, fewshot and zeroshot steps (default: the 11 benchmarks); in a sweep
+            without base2new and fewshot steps, the targets of the xd and dg steps unless XD_TARGETS /
+            DG_TARGETS name them
   SEEDS     seeds (default 1,2,3)
-  STEPS     base2new (= base2new_train,base2new_test), xd (= xd_train,xd_test), base2new_train,
-            base2new_test, xd_train, xd_test, fewshot, zeroshot (default base2new)
+  SHOTS     shots per class, one value or a list (default 16)
+  FEWSHOT_SHOTS  shots of the fewshot step (default SHOTS; the few-shot curves: 1,2,4,8,16)
+  STEPS     protocols: base2new (= base2new_train,base2new_test), xd (= xd_train,xd_test on the cross-dataset
+            targets), dg (= xd_train,xd_test on the domain-generalisation targets), fewshot; or single steps:
+            base2new_train, base2new_test, xd_train, xd_test, zeroshot (default base2new)
+  SOURCE    source dataset of the xd and dg steps (default imagenet)
+  XD_TARGETS, DG_TARGETS  their targets (default: the source's targets, scripts/protocols.py: for ImageNet
+            the 10 other benchmarks / ImageNet-V2, -Sketch, -A, -R as in the papers; the demo's own)
   GPUS      one slot per entry, one job per slot at a time: GPU ids, or 'cpu' (default 0);
             e.g. GPUS=0,1,2,3 or GPUS=cpu,cpu
-  SOURCE    source dataset of the xd steps (default imagenet)
   SWEEP_LOGS   folder of the per-job logs (default $OUTPUT_ROOT/sweep_logs)
-  RESULTS_DIR  folder of the base-to-novel tables (default $OUTPUT_ROOT/results)
+  RESULTS_DIR  folder of the tables (default $OUTPUT_ROOT/results)
   DRY_RUN=1    list the jobs and whether each is finished; run nothing
-Every other setting of the protocol scripts (CFG, DATA, SHOTS, EXTRA_OPTS, OUTPUT_ROOT, SUB, ...) is
-passed through to each job.
+Every other setting of the protocol scripts (CFG, DATA, EXTRA_OPTS, OUTPUT_ROOT, SUB, ...) is passed
+through to each job.
+
+Methods follow their protocols: ZeroshotCLIP trains nothing (its base2new steps evaluate it on the base and
+novel classes, its xd / dg / fewshot steps are zero-shot runs on every dataset involved); a trainer whose
+class says it cannot score classes it was not trained on (TRANSFERS_TO_UNSEEN_CLASSES False: the linear
+probe) gets no base2new jobs and no cross-dataset targets. A source training that is also a few-shot run of
+the same config (the demo's) is one job.
 
 A job is finished when its run folder's newest log shows the final result (the scripts' CHECK_FINISHED
 mode); finished jobs are skipped, so re-running a sweep runs only what is missing. A test job waits for
 its training job; a job that fails does not stop the others: it is reported at the end, the jobs that
-need it are reported as blocked, and the exit status is 1.
+need it are reported as blocked, and the exit status is 1. At the end the sweep writes the table of every
+protocol it ran (parse_test_res.py --protocol, into RESULTS_DIR).
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -36,11 +51,13 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from dassl.utils.errors import USER_ERROR_STATUS, UserError, error_line
+from scripts import protocols
+from scripts.methods import transfers_to_unseen_classes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-BENCHMARKS = ("imagenet", "caltech101", "oxford_pets", "stanford_cars", "oxford_flowers", "food101",
-              "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101")
+BENCHMARKS = protocols.BENCHMARKS
+ZERO_SHOT = "ZeroshotCLIP"
 STEP_SCRIPTS = {
     "base2new_train": "base2new_train.sh",
     "base2new_test": "base2new_test.sh",
@@ -49,7 +66,8 @@ STEP_SCRIPTS = {
     "fewshot": "fewshot.sh",
     "zeroshot": "zeroshot.sh",
 }
-STEP_ALIASES = {"base2new": ("base2new_train", "base2new_test"), "xd": ("xd_train", "xd_test")}
+STEP_ALIASES = {"base2new": ("base2new_train", "base2new_test"), "xd": ("xd_train", "xd_test"),
+                "dg": ("xd_train", "xd_test"), "fewshot": ("fewshot",)}
 # A test step runs after the training step of the same trainer / config / seed.
 STEP_NEEDS = {"base2new_test": "base2new_train", "xd_test": "xd_train"}
 POLL_SECONDS = 0.2
@@ -66,6 +84,8 @@ class Job:
     config: Optional[str]
     dataset: str
     seed: str
+    shots: Optional[str] = None  # SHOTS of the job; None: the scripts' default (or SHOTS as given)
+    show_shots: bool = False  # the shot count tells this job from others in names and log paths
     needs: Optional["Job"] = None
     status: str = "pending"  # pending, finished, running, succeeded, failed, blocked
     result: Optional[str] = None
@@ -77,7 +97,8 @@ class Job:
     @property
     def name(self) -> str:
         method = f"{self.trainer}:{self.config}" if self.config else self.trainer
-        return f"{self.step} {method} {self.dataset} seed{self.seed}"
+        shots = f" {self.shots}shots" if self.show_shots else ""
+        return f"{self.step} {method} {self.dataset}{shots} seed{self.seed}"
 
     def command(self) -> list[str]:
         return ["bash", os.path.join(REPO_ROOT, "scripts", STEP_SCRIPTS[self.step]), self.dataset, self.seed]
@@ -85,6 +106,8 @@ class Job:
     def environment(self, base: dict[str, str], slot: Optional[str], cpu_threads: int = 1) -> dict[str, str]:
         env = dict(base)
         env["TRAINER"] = self.trainer
+        if self.shots is not None:
+            env["SHOTS"] = self.shots
         if self.config:
             env["CFG"] = self.config
         if self.trainer == "ZeroshotCLIP" and not self.config:
@@ -106,16 +129,20 @@ def split_list(value: str) -> list[str]:
     return [item for item in value.replace(",", " ").split() if item]
 
 
-def expand_steps(value: str) -> list[str]:
+def expand_steps(value: str) -> tuple[list[str], list[str]]:
+    """(the steps, the protocols asked for by name) of a STEPS value."""
     steps: list[str] = []
+    asked: list[str] = []
     for item in split_list(value):
         if item not in STEP_SCRIPTS and item not in STEP_ALIASES:
-            choices = ", ".join(list(STEP_ALIASES) + list(STEP_SCRIPTS))
+            choices = ", ".join(dict.fromkeys([*STEP_ALIASES, *STEP_SCRIPTS]))
             raise SweepError(f"STEPS: unknown step '{item}'; choose from {choices}")
+        if item in protocols.PROTOCOLS and item not in asked:
+            asked.append(item)
         for step in STEP_ALIASES.get(item, (item,)):
             if step not in steps:
                 steps.append(step)
-    return steps
+    return steps, asked
 
 
 def check_names(kind: str, names: list[str], valid: list[str]) -> None:
@@ -134,46 +161,131 @@ def available_trainers() -> list[str]:
     return sorted(name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))) + ["ZeroshotCLIP"]
 
 
+def parse_shots(env: dict[str, str], name: str = "SHOTS") -> list[str]:
+    """The values of SHOTS (or FEWSHOT_SHOTS, which defaults to SHOTS); unset: the scripts' default, 16."""
+    value = env.get(name) or (env.get("SHOTS") if name != "SHOTS" else None) or "16"
+    values = split_list(value)
+    for item in values:
+        if not item.isdigit():
+            raise SweepError(f"{name}: '{item}' is not a non-negative integer")
+    return values
+
+
+def target_lists(env: dict[str, str], steps: list[str], asked: list[str], source: str) -> dict[str, list[str]]:
+    """The targets of the xd and dg protocols of this sweep (an explicit xd_test step counts as xd)."""
+    lists = {}
+    for protocol in ("xd", "dg"):
+        if protocol in asked or (protocol == "xd" and "xd_test" in steps and "dg" not in asked):
+            # DATASETS names the targets only in a sweep with no step of its own on DATASETS
+            own = {"base2new_train", "base2new_test", "fewshot"} & set(steps)
+            named = env.get(f"{protocol.upper()}_TARGETS") or (None if own else env.get("DATASETS"))
+            targets = split_list(named) if named else list(protocols.targets(protocol, source))
+            if not targets:
+                raise SweepError(f"{protocol.upper()}_TARGETS: no targets known for SOURCE={source}; name them "
+                                 f"(e.g. {protocol.upper()}_TARGETS=dtd,eurosat)")
+            lists[protocol] = targets
+    return lists
+
+
 def plan(env: dict[str, str]) -> list[Job]:
     """The jobs of the grid, in launch-preference order, with their training dependencies linked."""
     trainers = [entry.split(":", 1) if ":" in entry else [entry, None]
                 for entry in split_list(env.get("TRAINERS", "MaPLe"))]
     datasets = split_list(env.get("DATASETS", " ".join(BENCHMARKS)))
     seeds = split_list(env.get("SEEDS", "1,2,3"))
-    steps = expand_steps(env.get("STEPS", "base2new"))
-    source = env.get("SOURCE", "imagenet")
+    steps, asked = expand_steps(env.get("STEPS", "base2new"))
+    shots_list = parse_shots(env)
+    fewshot_shots = parse_shots(env, "FEWSHOT_SHOTS")
+    source = env.get("SOURCE", protocols.DEFAULT_SOURCE)
     if not trainers or not datasets or not seeds or not steps:
         raise SweepError("TRAINERS, DATASETS, SEEDS and STEPS must each name at least one item")
     check_names("TRAINERS", [t for t, _ in trainers], available_trainers())
-    check_names("DATASETS", datasets + ([source] if {"xd_train", "xd_test"} & set(steps) else []),
+    targets = target_lists(env, steps, asked, source)
+    all_targets = list(dict.fromkeys(t for protocol in targets.values() for t in protocol))
+    check_names("DATASETS", datasets + ([source] if {"xd_train", "xd_test"} & set(steps) else []) + all_targets,
                 available_datasets())
     for seed in seeds:
         if not seed.isdigit():
             raise SweepError(f"SEEDS: '{seed}' is not a non-negative integer")
+    show_shots = len(shots_list) > 1
 
     jobs: dict[tuple, Job] = {}
 
-    def add(step: str, trainer: str, config: Optional[str], dataset: str, seed: str) -> Job:
-        key = (step, trainer, config, dataset, seed)
+    def add(step: str, trainer: str, config: Optional[str], dataset: str, seed: str,
+            shots: Optional[str] = None) -> Job:
+        key = (step, trainer, config, dataset, seed, shots)
         if key not in jobs:
-            jobs[key] = Job(step, trainer, config, dataset, seed)
+            jobs[key] = Job(step, trainer, config, dataset, seed, shots,
+                            show_shots=shots is not None and (show_shots or step == "fewshot"))
         return jobs[key]
 
+
+    def zero_shot(config: Optional[str], dataset: str) -> None:
+        # zero-shot CLIP trains nothing and has no seed: one evaluation of all classes per dataset
+        add("zeroshot", ZERO_SHOT, config, dataset, seeds[0])
+
     for seed in seeds:
-        for dataset in datasets:
+        for shots in shots_list:
             for trainer, config in trainers:
+                unseen = transfers_to_unseen_classes(trainer)
+                # a probe cannot score the cross-dataset targets' classes, nor the novel ones; the dg ones are its own
+                usable = list(dict.fromkeys(t for protocol, ts in targets.items() if unseen or protocol == "dg"
+                                            for t in ts))
                 for step in steps:
                     if step == "zeroshot":
-                        # Zero-shot CLIP has no trainer choice and needs one run per dataset, not per seed.
-                        add(step, "ZeroshotCLIP", None, dataset, seeds[0])
-                        continue
-                    train_dataset = source if step.startswith("xd_") else dataset
-                    job_dataset = source if step == "xd_train" else dataset
-                    job = add(step, trainer, config, job_dataset, seed)
-                    if step in STEP_NEEDS:
-                        job.needs = add(STEP_NEEDS[step], trainer, config, train_dataset, seed) \
-                            if STEP_NEEDS[step] in steps else None
-    return list(jobs.values())
+                        for dataset in datasets:
+                            add(step, ZERO_SHOT, None, dataset, seeds[0])
+                    elif step.startswith("base2new_"):
+                        if not unseen:
+                            continue
+                        # zero-shot CLIP's base2new steps evaluate it on the base and the novel classes
+                        for dataset in datasets:
+                            job = add(step, trainer, config, dataset, seed, shots)
+                            if step in STEP_NEEDS and STEP_NEEDS[step] in steps:
+                                job.needs = add(STEP_NEEDS[step], trainer, config, dataset, seed, shots)
+                    elif trainer == ZERO_SHOT:
+                        # xd, dg, fewshot: zero-shot runs on the datasets involved
+                        for dataset in datasets if step == "fewshot" else [source, *(usable if step == "xd_test" else [])]:
+                            zero_shot(config, dataset)
+                    elif step == "fewshot":
+                        for dataset in datasets:
+                            for k in fewshot_shots:
+                                add(step, trainer, config, dataset, seed, k)
+                    elif step == "xd_train":
+                        if usable or not targets:  # a source training that some target evaluates (or asked alone)
+                            add(step, trainer, config, source, seed, shots)
+                    elif step == "xd_test":
+                        for target in usable:
+                            job = add(step, trainer, config, target, seed, shots)
+                            if "xd_train" in steps:
+                                job.needs = add("xd_train", trainer, config, source, seed, shots)
+    return merge_shared_trainings(list(jobs.values()), env)
+
+
+def run_folder(job: Job, env: dict[str, str]) -> Optional[str]:
+    """The run folder of a training job of all classes (the script's PRINT_RUN_DIR mode), None if it fails."""
+    query_env = job.environment(env, None)
+    query_env["PRINT_RUN_DIR"] = "1"
+    completed = subprocess.run(job.command(), env=query_env, cwd=REPO_ROOT, capture_output=True, text=True)
+    return completed.stdout.strip() if completed.returncode == 0 and completed.stdout.strip() else None
+
+
+def merge_shared_trainings(jobs: list[Job], env: dict[str, str]) -> list[Job]:
+    """A source training (xd_train) that writes the same run folder as a few-shot job of the sweep (same
+    trainer, config, dataset, seed and shots: the demo's) is that job: the tests wait for it instead."""
+    fewshot = {(j.trainer, j.config, j.dataset, j.seed, j.shots): j for j in jobs if j.step == "fewshot"}
+    trainings = [j for j in jobs if j.step == "xd_train"
+                 and (j.trainer, j.config, j.dataset, j.seed, j.shots) in fewshot]
+    replaced = {}
+    for job in trainings:
+        twin = fewshot[(job.trainer, job.config, job.dataset, job.seed, job.shots)]
+        folder = run_folder(job, env)
+        if folder is not None and folder == run_folder(twin, env):
+            replaced[id(job)] = twin
+    for job in jobs:
+        if job.needs is not None and id(job.needs) in replaced:
+            job.needs = replaced[id(job.needs)]
+    return [job for job in jobs if id(job) not in replaced]
 
 
 def check_finished(job: Job, env: dict[str, str]) -> Optional[str]:
@@ -188,7 +300,8 @@ def check_finished(job: Job, env: dict[str, str]) -> Optional[str]:
 
 def log_path(job: Job, log_root: str) -> str:
     method = f"{job.trainer}_{job.config}" if job.config else job.trainer
-    return os.path.join(log_root, job.step, method, job.dataset, f"seed{job.seed}.log")
+    folder = os.path.join(log_root, job.step, method, job.dataset)
+    return os.path.join(folder, f"shots{job.shots}" if job.show_shots else "", f"seed{job.seed}.log")
 
 
 def launch(job: Job, slot: str, env: dict[str, str], log_root: str, cpu_threads: int) -> None:
@@ -210,12 +323,27 @@ def reap(job: Job, env: dict[str, str]) -> bool:
     if code is None:
         return False
     job.returncode = code
-    job.result = check_finished(job, env) if code == 0 else None
-    # The scripts exit 0 only after reading the final result; a missing one still counts as a failure.
+    # The scripts exit 0 only after reading the final result, which their last line prints; a missing one still
+    # counts as a failure. (Read from the log: checking the folder again would start train.py once more.)
+    job.result = result_line(job.log_path) if code == 0 else None
     job.status = "succeeded" if job.result is not None else "failed"
     print(f"[{'done' if job.status == 'succeeded' else 'FAILED'}] {job.name}"
           + (f": accuracy {job.result}%" if job.result else f" (exit {code}); log: {job.log_path}"), flush=True)
     return True
+
+
+RESULT_LINE = re.compile(r"accuracy: (?P<value>[^%\s]+)%\s*$")
+
+
+def result_line(log_path: str) -> Optional[str]:
+    """The accuracy of a job's last line ("<label> accuracy: X%", the protocol scripts' final line), if any."""
+    try:
+        with open(log_path, encoding="utf-8", errors="replace") as handle:
+            lines = [line for line in handle.read().splitlines() if line.strip()]
+    except OSError:
+        return None
+    match = RESULT_LINE.search(lines[-1]) if lines else None
+    return match["value"] if match else None
 
 
 def run_queue(jobs: list[Job], slots: list[str], env: dict[str, str], log_root: str) -> None:
@@ -266,15 +394,33 @@ def summary(jobs: list[Job]) -> str:
     return "\n".join(lines)
 
 
-def aggregate(steps: set[str], env: dict[str, str]) -> int:
-    """Write the base-to-novel table when the sweep ran base-to-novel steps; the status of the aggregator."""
-    if not steps & {"base2new_train", "base2new_test"}:
-        return 0
+def table_commands(env: dict[str, str], steps: list[str], asked: list[str]) -> list[tuple[str, list[str]]]:
+    """(title, parse_test_res.py arguments) of the table of every protocol the sweep's steps ran."""
     out_root = env.get("OUTPUT_ROOT", os.path.join(REPO_ROOT, "output"))
     results = env.get("RESULTS_DIR", os.path.join(out_root, "results"))
-    print("\n=== Base-to-novel results ===", flush=True)
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "parse_test_res.py"), "--protocol", "base2new",
-                           os.path.join(out_root, "base2new"), "--out", results], cwd=REPO_ROOT, env=env).returncode
+    source = env.get("SOURCE", protocols.DEFAULT_SOURCE)
+    methods = ",".join(split_list(env.get("TRAINERS", "MaPLe")))
+    commands = []
+    if {"base2new_train", "base2new_test"} & set(steps):
+        commands.append(("Base-to-novel", ["base2new", os.path.join(out_root, "base2new")]))
+    for protocol, targets in target_lists(env, steps, asked, source).items():
+        title = {"xd": "Cross-dataset", "dg": "Domain generalisation"}[protocol]
+        commands.append((title, [protocol, out_root, "--source", source, "--targets", ",".join(targets),
+                                 "--methods", methods]))
+    if "fewshot" in steps:
+        commands.append(("Few-shot", ["fewshot", out_root, "--methods", methods, "--datasets",
+                                      ",".join(split_list(env.get("DATASETS", " ".join(BENCHMARKS))))]))
+    return [(title, ["--protocol", *args, "--out", results]) for title, args in commands]
+
+
+def aggregate(steps: list[str], asked: list[str], env: dict[str, str]) -> int:
+    """Write the table of every protocol the sweep ran; the status of the aggregator (0 when all were written)."""
+    status = 0
+    for title, args in table_commands(env, steps, asked):
+        print(f"\n=== {title} results ===", flush=True)
+        status |= subprocess.run([sys.executable, os.path.join(REPO_ROOT, "parse_test_res.py"), *args], cwd=REPO_ROOT,
+                                 env=env).returncode
+    return status
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -311,7 +457,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     run_queue(jobs, slots, env, log_root)
     print(summary(jobs), flush=True)
-    aggregator_status = aggregate({job.step for job in jobs}, env)
+    steps, asked = expand_steps(env.get("STEPS", "base2new"))
+    aggregator_status = aggregate(steps, asked, env)
     failed = any(job.status in ("failed", "blocked") for job in jobs)
     return 1 if failed or aggregator_status else 0
 

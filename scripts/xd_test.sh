@@ -6,7 +6,7 @@ set -euo pipefail
 USAGE="Usage: bash scripts/xd_test.sh DATASET SEED [KEY VALUE ...]
 
 Evaluates \$OUTPUT_ROOT/\$SOURCE/\$TRAINER/\${CFG}_\${SHOTS}shots/seedSEED (SOURCE default imagenet; demo
-for the demo dataset) on all classes of the target DATASET into
+for the demo datasets demo, demo_*) on all classes of the target DATASET into
   \$OUTPUT_ROOT/evaluation/\$TRAINER/\${CFG}_\${SHOTS}shots/DATASET/seedSEED
 then prints 'DATASET accuracy: X%'. Use the settings of the training run (CoOp: NCTX, CSC, CTP too).
 MODEL_DIR=PATH evaluates weights from elsewhere instead (scripts/reproduce.sh uses it)."
@@ -15,7 +15,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 take_dataset_seed "$@"
 shift 2
 if [ -z "${SOURCE:-}" ]; then
-    if [ "$DATASET" = demo ]; then SOURCE=demo; else SOURCE=imagenet; fi
+    if is_demo_dataset "$DATASET"; then SOURCE=demo; else SOURCE=imagenet; fi
 fi
 check_dataset "$SOURCE"
 load_settings
