@@ -7,7 +7,7 @@ import numpy as np
 
 import datasets  # noqa: F401  (registers every dataset)
 from dassl.data.datasets import DATASET_REGISTRY
-from datasets import demo
+from datasets import demo, demo_targets
 from datasets import world
 from tests.datasets_testutils import make_cfg
 
@@ -109,3 +109,46 @@ def test_demo_runs_the_whole_pipeline(tmp_path):
     assert (tmp_path / "demo" / "split_fewshot" / "shot_16-seed_1.pkl").is_file()
     new = DATASET_REGISTRY.get("Demo")(make_cfg(tmp_path, num_shots=16, seed=1, subsample="new"))
     assert new.classnames == list(world.OBJECTS)[10:] and new.num_classes == 10
+
+
+def load(name, root, **settings):
+    cfg = make_cfg(root, num_shots=settings.get("num_shots", -1), seed=1, subsample=settings.get("subsample", "all"))
+    cfg.defrost()
+    cfg.DATASET.NAME = name
+    return DATASET_REGISTRY.get(name)(cfg)
+
+
+def test_cross_dataset_targets_have_class_sets_of_their_own(tmp_path):
+    nature, things, colours = (load(name, tmp_path, num_shots=4) for name in ("DemoNature", "DemoThings", "DemoColours"))
+    assert nature.classnames == list(world.NATURE_OBJECTS) and things.classnames == list(world.THING_OBJECTS)
+    assert colours.classnames == list(world.COLOURS)
+    for dataset in (nature, things, colours):
+        assert not set(dataset.classnames) & set(world.OBJECTS)  # no class of the demo's own
+        assert len(dataset.train_x) == 4 * len(dataset.classnames) and len(dataset.test) == 50 * len(dataset.classnames)
+    # the pre-training world draws every object, the demo's and the targets'
+    assert list(world.WORLD_OBJECTS) == [*world.OBJECTS, *world.NATURE_OBJECTS, *world.THING_OBJECTS]
+
+
+def test_domain_generalisation_targets_are_test_only_variants_of_the_demo_classes(tmp_path):
+    photo = load("DemoPhoto", tmp_path, num_shots=4, subsample="base")
+    # as the ImageNet variants: every image is train_x and test, no val, no few-shot sampling, no subsampling
+    assert photo.classnames == list(world.OBJECTS) and photo.val is None
+    assert photo.train_x == photo.test and len(photo.test) == 25 * 20
+    mosaic = load("DemoMosaic", tmp_path)
+    assert mosaic.classnames == list(world.OBJECTS)[::2] and sorted({d.label for d in mosaic.test}) == list(range(10))
+    again = tmp_path / "again"
+    demo_targets.DemoMosaic.data.generate(str(again))
+    assert all_files(again) == all_files(tmp_path / "demo_mosaic")
+
+
+def test_the_target_styles_are_what_they_say():
+    # the mosaic repeats one colour over each 4x4 tile; the styles of pre-training draw the demo objects
+    scene = world.Scene("circle", "red", "white", "large", "solid", "in the center")
+    picture = world.render_float(scene, 32, np.random.default_rng(0))
+    tiles = world.mosaic(picture)
+    assert np.allclose(tiles[4:8, 8:12], tiles[4, 8]) and np.allclose(tiles[:4, :4].mean(axis=(0, 1)),
+                                                                      picture[:4, :4].mean(axis=(0, 1)))
+    drawing = demo_targets.DemoDrawing.data.draw("circle", np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    assert np.array_equal(drawing, world.render(world.random_scene(rng, "circle", style="drawing"), 32, rng))
+    assert drawing.mean() > 150  # an outline on a light ground
