@@ -320,3 +320,13 @@ def test_the_api_classifies_with_the_probe_over_its_own_classes_or_a_subset(prob
 
 def accuracy(stdout):
     return float(stdout.rsplit("* accuracy: ", 1)[1].split("%")[0])
+
+
+def test_the_probe_benchmark_times_a_search_and_writes_its_json(tmp_path, capsys):
+    from benchmarks import bench_linear_probe
+
+    out = tmp_path / "probe.json"
+    assert bench_linear_probe.main(["--problem", "5", "2", "8", "--steps", "1", "--json", str(out)]) == 0
+    assert "5 | 2 | 8 | 9 |" in capsys.readouterr().out  # 7 grid values + 2 fits of the one round
+    (row,) = json.loads(out.read_text())["table"]
+    assert row["fits"] == 9 and row["wall_s"] > 0 and row["cpu_s"] > 0
