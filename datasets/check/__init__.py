@@ -22,8 +22,13 @@ from dassl.utils.errors import UsageError
 from ..layout import DEFAULT_ROOT, doc_reference
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs", "datasets")
-# Registered datasets that are not downloaded benchmarks: generated on first use, or the user's own folder.
-NOT_BENCHMARKS = ("Demo", "ImageFolder")
+# Registered datasets that are not downloaded benchmarks: the user's own folder, and those generated on first use
+# (the demo and its transfer targets: classes with a `data` generator, datasets/world_data.py).
+NOT_BENCHMARKS = ("ImageFolder",)
+
+
+def is_benchmark(name: str) -> bool:
+    return name not in NOT_BENCHMARKS and not hasattr(DATASET_REGISTRY.get(name), "data")
 
 
 @dataclass
@@ -53,7 +58,7 @@ def resolve_names(requested: Sequence[str]) -> List[str]:
     """Registry names for config stems or registry names (case-insensitive); none requested = every benchmark."""
     stems = config_names()
     if not requested:
-        return [name for name in stems.values() if name not in NOT_BENCHMARKS]
+        return [name for name in stems.values() if is_benchmark(name)]
     lookup = {key.lower(): name for key, name in stems.items()}
     lookup.update({name.lower(): name for name in DATASET_REGISTRY.registered_names()})
     unknown = [r for r in requested if r.lower() not in lookup]
