@@ -23,7 +23,7 @@ class BundledModel:
 DEMO_MODEL = "DemoCLIP-ViT-Tiny"
 BUNDLED_MODELS: dict[str, BundledModel] = {
     DEMO_MODEL: BundledModel(
-        "DemoCLIP-ViT-Tiny.pt", "c9128557c8ab31b2893410f763ed9c053019d08a335e712fa7ee3c40d959568b",
+        "DemoCLIP-ViT-Tiny.pt", "48e31b2bb39d36331461e6ba6ac24a1f9d419904bb5024be1f9a684beda8832e",
         "python -m scripts.pretrain_demo_backbone"),
 }
 
