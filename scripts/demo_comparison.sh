@@ -6,7 +6,7 @@
 # what is missing. Settings: SEEDS, GPUS, OUTPUT_ROOT, DATA, and BASE2NEW_TRAINERS / TRAINERS for the methods.
 set -euo pipefail
 case "${1:-}" in
-    -h|--help) sed -n '2,7p' "$0" | cut -c3-; exit 0 ;;
+    -h|--help) sed -n '2,6p' "$0" | cut -c3-; exit 0 ;;
     "") ;;
     *) echo "error: demo_comparison.sh takes no arguments (settings come from the environment)" >&2; exit 2 ;;
 esac
