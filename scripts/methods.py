@@ -1,8 +1,8 @@
 """What the sweep and the tables need to know about a trainer, asked of its registered class rather than of its
-name: a trainer says so with class attributes, and one that says nothing gets the defaults below (every
+name: its declaration `SPEC` (trainers/method.py); one that declares nothing gets the defaults (every
 prompt method's behaviour).
 
-- `TRANSFERS_TO_UNSEEN_CLASSES` (default True): it can score classes it was not trained on (a new class
+- `transfers_to_unseen` (default True): it can score classes it was not trained on (a new class
   list builds a new classifier from the class names). False (the linear probe): no base-to-novel runs, no
   cross-dataset rows; domain-generalisation targets only where their classes are its training classes.
 """
@@ -23,4 +23,7 @@ def trainer_class(name: str) -> Optional[type]:
 
 
 def transfers_to_unseen_classes(name: str) -> bool:
-    return bool(getattr(trainer_class(name), "TRANSFERS_TO_UNSEEN_CLASSES", True))
+    from trainers.method import spec_of
+
+    cls = trainer_class(name)
+    return cls is None or spec_of(cls).transfers_to_unseen
