@@ -38,6 +38,9 @@ A trainer class carries a `SPEC` class attribute:
   for a protocol (`base2new`, `xd`, `dg`, `fewshot`, `zeroshot`): `protocol_configs[protocol]`, else
   `default_config`; "" means the scripts need `CFG=`. The demo datasets always use `demo.yaml`.
 - `distributed`: False when it runs in one process only (no torchrun).
+- `config_nodes`: further `TRAINER.<NODE>` config nodes it reads, besides TRAINER.<METHOD_KEY> and its
+  precision key's node (e.g. a method reading CoOp's keys: `("COOP",)`). A run folder's identity is its own
+  nodes plus the shared keys: other methods' nodes cannot change its numbers (dassl/engine/run_folder.py).
 
 A trainer without `SPEC` (a Dassl-style file run through `--import`) keeps working unchanged: `spec_of` gives
 it `MethodSpec(trained=())` (it freezes and optimizes what it likes; counted: what requires a gradient) with its
@@ -45,7 +48,7 @@ own name as config folder. `PromptTrainer` subclasses inherit `MethodSpec()` (tr
 
 Helpers: `spec_of(cls)` (the completed declaration), `registered_specs()` (every registered trainer's),
 `MethodSpec.config_for(protocol)`, `freeze_all_but_trained(model, prefixes, frozen)`, `is_trained(name,
-prefixes)`, `trained_parameter_count(trainer)`.
+prefixes)`, `trained_parameter_count(trainer)`, `own_config_nodes(cls)`, `other_method_nodes(name)`.
 """
 from __future__ import annotations
 
@@ -75,6 +78,7 @@ class MethodSpec:
     default_config: str = ""
     protocol_configs: Mapping[str, str] = field(default_factory=dict)
     distributed: bool = True
+    config_nodes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         # Declarations are read by every script: a typo fails when the trainer module is imported.
@@ -86,8 +90,9 @@ class MethodSpec:
         protocols = [p for p in self.protocol_configs if p not in PROTOCOLS]
         if protocols:
             raise ValueError(f"MethodSpec.protocol_configs: unknown protocols {protocols}; valid: {', '.join(PROTOCOLS)}")
-        if isinstance(self.trained, str):
-            raise ValueError(f"MethodSpec.trained is a tuple of prefixes; write ({self.trained!r},)")
+        for name in ("trained", "config_nodes"):
+            if isinstance(getattr(self, name), str):
+                raise ValueError(f"MethodSpec.{name} is a tuple of names; write ({getattr(self, name)!r},)")
 
     def config_for(self, protocol: str) -> str:
         """The default config name of `protocol` ("" when the method has none: the scripts then need CFG=)."""
@@ -111,6 +116,32 @@ def spec_of(trainer_class: type) -> MethodSpec:
         config_dir=spec.config_dir or trainer_class.__name__,
         precision_key=spec.precision_key or (f"TRAINER.{method_key}.PREC" if method_key else ""),
     )
+
+
+def own_config_nodes(trainer_class: type) -> tuple[str, ...]:
+    """The TRAINER.<NODE> nodes the trainer reads: TRAINER.<METHOD_KEY>, its precision key's node and its
+    declared `config_nodes`; () for a trainer that declares none of them (its nodes are unknown)."""
+    spec = spec_of(trainer_class)
+    nodes = [getattr(trainer_class, "METHOD_KEY", ""), *spec.config_nodes]
+    parts = spec.precision_key.split(".")
+    if len(parts) == 3 and parts[0] == "TRAINER":
+        nodes.append(parts[1])
+    return tuple(dict.fromkeys(node for node in nodes if node))
+
+
+def other_method_nodes(trainer_name: str) -> tuple[str, ...]:
+    """The config nodes of every registered method that `trainer_name` does not read; () when its own nodes
+    are unknown (a Dassl-style trainer without SPEC or METHOD_KEY), so that every node counts for it."""
+    from dassl.engine import TRAINER_REGISTRY
+
+    names = TRAINER_REGISTRY.registered_names()
+    if trainer_name not in names:
+        return ()
+    own = own_config_nodes(TRAINER_REGISTRY.get(trainer_name))
+    if not own:
+        return ()
+    every = {node for name in names for node in own_config_nodes(TRAINER_REGISTRY.get(name))}
+    return tuple(sorted(every - set(own)))
 
 
 def is_trained(name: str, prefixes: Iterable[str]) -> bool:
