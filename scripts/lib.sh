@@ -277,7 +277,9 @@ run_job() {  # LABEL KIND DIR
         if [ "${FORCE:-0}" = 1 ]; then
             CMD=("${CMD[0]}" "${CMD[1]}" --force "${CMD[@]:2}")
         fi
-        if [ -d "$dir" ]; then
+        if [ -d "$dir" ] && [ "${FORCE:-0}" = 1 ]; then
+            echo "FORCE=1: running ${dir} again (train.py moves the run there aside)"
+        elif [ -d "$dir" ]; then
             echo "Results are available in ${dir}. Resuming..."
         else
             echo "Run this job and save the output to ${dir}"
