@@ -116,3 +116,39 @@ def test_optimizer_and_count_follow_the_declaration(name, config, data_root, tmp
     if name != "ZeroshotCLIP":
         optimized = {id(p) for group in trainer.optim.param_groups for p in group["params"]}
         assert optimized == {id(p) for p in learner_params}
+
+
+# The scripts' hand-written default configs before the declarations replaced them (scripts/lib.sh default_cfg).
+FORMER_DEFAULTS = {
+    ("xd", "MaPLe"): "vit_b16_c2_ep5_batch4_2ctx_cross_datasets",
+    ("xd", "PromptSRC"): "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+    ("xd", "CoOp"): "vit_b16_ep50",
+    ("fewshot", "PromptSRC"): "vit_b16_c2_ep50_batch4_4+4ctx_few_shot",
+    "MaPLe": "vit_b16_c2_ep5_batch4_2ctx", "IVLP": "vit_b16_c2_ep5_batch4_2+2ctx", "VPT": "vit_b16_c2_ep5_batch4_4",
+    "CoCoOp": "vit_b16_c4_ep10_batch1_ctxv1", "PromptSRC": "vit_b16_c2_ep20_batch4_4+4ctx", "CoOp": "vit_b16",
+    "LinearProbeCLIP": "vit_b16", "ZeroshotCLIP": "vit_b16",
+}
+
+
+@pytest.mark.parametrize("protocol", ["base2new", "xd", "fewshot", "zeroshot"])
+def test_scripts_default_configs_are_the_declared_ones(protocol, capsys):
+    from scripts import methods
+
+    for trainer in ("MaPLe", "IVLP", "VPT", "CoCoOp", "PromptSRC", "CoOp", "LinearProbeCLIP", "ZeroshotCLIP"):
+        expected = FORMER_DEFAULTS.get((protocol, trainer), FORMER_DEFAULTS[trainer])
+        assert methods.main(["default-config", protocol, trainer]) == 0
+        assert capsys.readouterr().out.strip() == expected, (protocol, trainer)
+    assert methods.main(["config-dir", "ZeroshotCLIP"]) == 0
+    assert capsys.readouterr().out.strip() == "configs/trainers/CoOp"
+
+
+def test_scripts_name_a_missing_default_config(capsys, monkeypatch):
+    from scripts import methods
+
+    assert methods.main(["default-config", "base2new", "NoSuchTrainer"]) == 2
+    assert "unknown trainer 'NoSuchTrainer'" in capsys.readouterr().err
+    monkeypatch.setattr(methods, "trainer_class", lambda name: type(name, (PromptTrainer,), {"METHOD_KEY": "X"}))
+    assert methods.main(["default-config", "xd", "Fresh"]) == 2
+    assert capsys.readouterr().err.strip() == ("scripts.methods: error: no default config for trainer 'Fresh' in "
+                                               "protocol 'xd' (its SPEC declares none): set CFG (see "
+                                               "configs/trainers/Fresh/)")
