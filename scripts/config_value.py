@@ -11,18 +11,18 @@ import argparse
 import sys
 from typing import Any, Optional, Sequence
 
-import yaml
+from dassl.config_files import read_config_file
 
 
 def lookup(config_path: str, key: str, opts: Sequence[str] = ()) -> Optional[Any]:
-    """The value of dotted ``key``: the last ``key VALUE`` pair in ``opts``, else the YAML's, else None."""
+    """The value of dotted ``key``: the last ``key VALUE`` pair in ``opts``, else the YAML's (its ``_BASE_`` files
+    included), else None."""
     if len(opts) % 2:
         raise ValueError(f"Config overrides must be KEY VALUE pairs, got an odd number: {' '.join(opts)}")
     overrides = dict(zip(opts[0::2], opts[1::2]))
     if key in overrides:
         return overrides[key]
-    with open(config_path, encoding="utf-8") as handle:
-        node = yaml.safe_load(handle) or {}
+    node = read_config_file(config_path)
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return None
@@ -42,7 +42,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     try:
         value = lookup(args.config, args.key, opts)
-    except (OSError, ValueError, yaml.YAMLError) as error:
+    except (OSError, ValueError) as error:
         print(f"config_value: {error}", file=sys.stderr)
         return 2
     if value is None:

@@ -1,6 +1,8 @@
 from yacs.config import CfgNode
 
 from .defaults import _C as cfg_default
+from dassl.config_files import read_config_file
+
 from .merge import ConfigError, all_keys, merge_from_file, merge_from_list
 
 

@@ -1,13 +1,12 @@
 """Merging YAML files and `KEY VALUE` lists into a config, with errors a person can act on: an unknown key
 names the closest valid keys, a wrong type names the key, the expected type and the value given."""
 import difflib
-import os.path as osp
 import re
 from typing import List, Sequence
 
-import yaml
 from yacs.config import CfgNode
 
+from dassl.config_files import ConfigFileError, read_config_file
 from dassl.utils.errors import UserError
 
 _TYPE_MISMATCH = re.compile(
@@ -58,33 +57,13 @@ def _translate(err: Exception, cfg: CfgNode, source: str) -> ConfigError:
     return ConfigError(f"{source}: {message}")
 
 
-def read_yaml_mapping(path: str, role: str = "config file") -> dict:
-    """The mapping a YAML config file holds; ConfigError naming the file (and, for a syntax error, the line and
-    column) when it is missing, unreadable, not YAML, empty or not a mapping of keys."""
-    if not osp.isfile(path):
-        raise ConfigError(f"{role} not found: {path}")
-    try:
-        with open(path, encoding="utf-8") as f:
-            loaded = yaml.safe_load(f)
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{role} {path} is not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{role} {path}: YAML syntax error{where}: {problem}") from e
-    if loaded is None:
-        raise ConfigError(f"{role} {path} is empty; it must hold config keys such as OPTIM: {{MAX_EPOCH: 5}}")
-    if not isinstance(loaded, dict):
-        raise ConfigError(f"{role} {path} holds a {type(loaded).__name__}, not a mapping of config keys "
-                          "(KEY: value lines)")
-    return loaded
-
-
 def merge_from_file(cfg: CfgNode, path: str, role: str = "config file") -> None:
-    """cfg.merge_from_file(path), raising ConfigError for a missing, malformed or empty file, an unknown key or a
-    wrong type."""
-    loaded = read_yaml_mapping(path, role)
+    """cfg.merge_from_file(path) with `_BASE_` inheritance (`read_config_file`), raising ConfigError for a missing,
+    malformed or empty file, an unknown key or a wrong type."""
+    try:
+        loaded = read_config_file(path, role)
+    except ConfigFileError as e:
+        raise ConfigError(str(e)) from e
     try:
         cfg.merge_from_other_cfg(CfgNode(loaded))
     except (KeyError, ValueError, AssertionError) as e:
