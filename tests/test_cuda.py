@@ -11,7 +11,7 @@ from trainers_testutils import DEMO_TRAINERS, clip_state, demo_trainer, same_ten
 
 pytestmark = pytest.mark.cuda
 
-TRAINERS = DEMO_TRAINERS + [("PromptSRC", "PromptSRC/tiny.yaml", "TRAINER.PROMPTSRC.PREC")]
+TRAINERS = DEMO_TRAINERS
 PRECISIONS = ("fp32", "fp16", "amp", "bf16")
 
 

@@ -2,6 +2,7 @@
 dataset with the tiny random backbone, and bare prompt models built from a random state dict."""
 from __future__ import annotations
 
+import glob
 import os
 from typing import Sequence
 
@@ -16,17 +17,25 @@ from trainers.common import SpeedOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "RandomInit-ViT-Tiny"
-# (trainer name, demo config, precision key)
-DEMO_TRAINERS = [
-    ("CoOp", "CoOp/tiny.yaml", "TRAINER.COOP.PREC"),
-    ("CoCoOp", "CoCoOp/tiny.yaml", "TRAINER.COCOOP.PREC"),
-    ("MaPLe", "MaPLe/tiny.yaml", "TRAINER.MAPLE.PREC"),
-    ("IVLP", "IVLP/tiny.yaml", "TRAINER.IVLP.PREC"),
-    ("IVLP", "IVLP/tiny_language_only.yaml", "TRAINER.IVLP.PREC"),
-    ("VPT", "VPT/tiny.yaml", "TRAINER.VPT.PREC"),
-    ("ZeroshotCLIP", "CoOp/tiny.yaml", "TRAINER.COOP.PREC"),
-    ("ZeroshotCLIP2", "CoOp/tiny.yaml", "TRAINER.COOP.PREC"),
-]
+
+
+def registered_cases() -> list:
+    """(trainer, config under configs/trainers/, its MethodSpec) for every registered trainer whose config folder
+    holds tiny configs (else demo ones), one case per such file: the generic tests' list, read from the registry,
+    so that a new method's file and YAML are all it takes to be covered."""
+    from trainers.method import registered_specs
+
+    cases = []
+    for name, spec in sorted(registered_specs().items()):
+        folder = os.path.join(REPO, "configs", "trainers", spec.config_dir)
+        configs = sorted(glob.glob(os.path.join(folder, "tiny*.yaml"))) or sorted(glob.glob(os.path.join(folder, "demo*.yaml")))
+        cases += [(name, os.path.relpath(path, os.path.join(REPO, "configs", "trainers")), spec) for path in configs]
+    return cases
+
+
+# (trainer name, config, precision key) of the registered trainers built on a prompted CLIP (the linear probe, a
+# one-pass fit, has tests of its own)
+DEMO_TRAINERS = [(name, config, spec.precision_key) for name, config, spec in registered_cases() if spec.training != "fit"]
 
 
 def demo_args(trainer: str, config: str, root: str, output_dir: str, *opts: str, extra: Sequence[str] = ()) -> list:
