@@ -172,12 +172,14 @@ def test_identity_ignores_keys_added_at_their_default_and_other_methods_nodes():
 
 
 def test_a_folder_made_before_a_method_was_added_is_still_recognised(run_copy, capsys):
-    """An older version wrote a config.yaml without the keys added since (here: the linear probe's node and a
-    speed switch); another method's node may differ too. The run still resumes; a real change is refused."""
+    """An older version wrote a config.yaml without the keys added since (here: the nodes of the linear probe and
+    of the docs' example method, and a speed switch); another method's node may differ too. The run still resumes;
+    a real change is refused."""
     data, run = run_copy
     path = os.path.join(run, "config.yaml")
     config = yaml.safe_load(open(path))
     del config["TRAINER"]["LINEAR_PROBE"]
+    del config["TRAINER"]["EXAMPLE_ADAPTER"]
     del config["TRAINER"]["SPEEDUPS"]["COMPILE"]
     config["TRAINER"]["MAPLE"]["N_CTX"] = 5
     with open(path, "w") as f:
