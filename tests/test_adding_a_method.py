@@ -28,3 +28,11 @@ def test_the_example_is_swept_into_the_base_to_novel_table(tmp_path):
         row = {(row["dataset"], row["trainer"]): row for row in csv.DictReader(f)}[("demo", "ExampleAdapter")]
     assert (row["base_seeds"], row["novel_seeds"]) == ("1", "1") and float(row["hm"]) > 0
     assert "ExampleAdapter" in open(os.path.join(str(tmp_path), "out", "results", "base2new.md"), encoding="utf-8").read()
+
+
+def test_the_docs_show_the_example_files_as_they_are():
+    doc = open(os.path.join(ROOT, "docs", "ADDING_A_METHOD.md"), encoding="utf-8").read()
+    for path, language in zip(EXAMPLE_FILES, ("yaml", "python")):
+        text = open(os.path.join(ROOT, path), encoding="utf-8").read()
+        assert f"```{language}\n{text}```" in doc, path
+    assert "docs/ADDING_A_METHOD.md" in open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
