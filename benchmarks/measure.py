@@ -31,7 +31,7 @@ class Spec:
 
     trainer: str
     config_file: str
-    arch: str  # an OpenAI architecture name, e.g. "ViT-B/16"; the weights are "RandomInit-<arch>"
+    arch: str  # an OpenAI architecture name, e.g. "ViT-B/16"; the weights are "RandomInit-<arch>" ("": the config's)
     classes: int
     phase: str  # "train" or "eval"
     plain: bool = False  # every TRAINER.SPEEDUPS switch off and no evaluation chunking
@@ -71,7 +71,10 @@ def precision_key(trainer_name: str) -> str:
     """The config key holding a trainer's precision (the zero-shot trainers use the CoOp node)."""
     from dassl.engine import TRAINER_REGISTRY
 
-    method = getattr(TRAINER_REGISTRY.get(trainer_name), "METHOD_KEY", "") or "COOP"
+    trainer = TRAINER_REGISTRY.get(trainer_name)
+    if getattr(trainer, "PRECISION_KEY", ""):  # a trainer whose precision lives elsewhere says so (the probe)
+        return trainer.PRECISION_KEY
+    method = getattr(trainer, "METHOD_KEY", "") or "COOP"
     return f"TRAINER.{method}.PREC"
 
 
@@ -80,14 +83,16 @@ def build_cfg(spec: Spec):
     import train
     from clip.random_models import RANDOM_MODELS, RANDOM_PREFIX
 
-    backbone = RANDOM_PREFIX + spec.arch
-    if backbone not in RANDOM_MODELS:
-        names = sorted(name[len(RANDOM_PREFIX):] for name in RANDOM_MODELS)
-        raise ValueError(f"unknown architecture {spec.arch!r}; valid: {', '.join(names)}")
-    resolution = RANDOM_MODELS[backbone].image_resolution
+    opts = []
+    if spec.arch:
+        backbone = RANDOM_PREFIX + spec.arch
+        if backbone not in RANDOM_MODELS:
+            names = sorted(name[len(RANDOM_PREFIX):] for name in RANDOM_MODELS)
+            raise ValueError(f"unknown architecture {spec.arch!r}; valid: {', '.join(names)}")
+        resolution = RANDOM_MODELS[backbone].image_resolution
+        opts = ["MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({resolution}, {resolution})"]
     train.import_plugins([])
-    opts = ["MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({resolution}, {resolution})",
-            precision_key(spec.trainer), spec.prec, "USE_CUDA", str(spec.device == "cuda"), "SEED", str(spec.seed)]
+    opts += [precision_key(spec.trainer), spec.prec, "USE_CUDA", str(spec.device == "cuda"), "SEED", str(spec.seed)]
     args = ["--trainer", spec.trainer, "--config-file", spec.config_file]
     cfg = train.setup_cfg(train.build_parser().parse_args(args + opts))
     if spec.plain:

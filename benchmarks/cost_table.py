@@ -1,0 +1,263 @@
+"""The cost of every registered trainer on the current device, as Markdown and CSV:
+
+    python -m benchmarks.cost_table --out DIR [--vit-b16] [--config NAME] [--trainers NAME ...] [--classes N]
+        [--prec fp32] [--device auto|cpu|cuda] [--warmup 1] [--steps 3] [--eval-images 200] [--in-process]
+
+Columns: trainable parameters, forward FLOPs per training image and per test image (and the test side's
+once-per-evaluation FLOPs), images/s in training and in evaluation, peak memory in each (benchmarks/costs.py
+says exactly what each figure measures). Every trainer of TRAINER_REGISTRY gets a row (a new trainer file needs
+nothing here); a trainer that learns nothing, or fits in one pass instead of training by steps, has no training
+figures and says so. Inputs are random tensors, so data loading is in no figure; the class names are the first
+--classes ImageNet ones (their lengths set the text side's cost).
+
+Backbone and configs: by default the demo backbone with each trainer's `demo` config (`--config NAME` picks
+another config of every trainer's folder); `--vit-b16` uses randomly initialised ViT-B/16 weights ("RandomInit-
+ViT-B/16") with each trainer's official base-to-novel config (scripts/lib.sh's default), the shapes behind the
+papers' parameter counts. A trainer without a folder of configs uses the folder of the trainer whose config node
+holds its precision (zero-shot CLIP: CoOp's, as the scripts do).
+
+Each trainer is measured in a fresh process (its peak memory is its own); `--in-process` measures all in this
+one, faster, but the CPU memory figures are then this process's running peak.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import traceback
+from dataclasses import asdict
+from typing import Optional
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.bench_trainers import cpu_model, resolve_device  # noqa: E402
+from benchmarks.measure import REPO, Spec, precision_key  # noqa: E402
+
+VIT_B16 = "ViT-B/16"
+MIB = 1024 ** 2
+COLUMNS = ("trainer", "config", "training", "trainable_params", "train_flops_per_image", "test_flops_per_image",
+           "test_flops_once_per_evaluation", "train_images_per_s", "eval_images_per_s", "peak_memory_train_mib",
+           "peak_memory_eval_mib", "error")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for cost_table.md, cost_table.csv and cost_table.json")
+    parser.add_argument("--vit-b16", action="store_true",
+                        help="random ViT-B/16 weights and each trainer's official base-to-novel config")
+    parser.add_argument("--config", default="", help="config name in every trainer's folder (default: demo; "
+                        "with --vit-b16 the official base-to-novel one)")
+    parser.add_argument("--trainers", nargs="*", default=[], help="only these registered trainers (default: all)")
+    parser.add_argument("--classes", type=int, default=10, help="number of classes (first ImageNet names; default 10)")
+    parser.add_argument("--prec", default="fp32", help="every trainer's PREC (fp32, fp16, amp, bf16; default fp32)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--warmup", type=int, default=1, help="training steps before timing")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps (the median is reported)")
+    parser.add_argument("--eval-images", type=int, default=200, help="images timed after the first eval batch")
+    parser.add_argument("--in-process", action="store_true", help="measure every trainer in this process")
+    return parser
+
+
+def registered_trainers() -> list[str]:
+    """Every registered trainer: the papers' order of scripts/protocols.py first, then the others by name."""
+    import train
+    from dassl.engine import TRAINER_REGISTRY
+    from scripts.protocols import METHOD_ORDER
+
+    train.import_plugins([])
+    names = TRAINER_REGISTRY.registered_names()
+    return [n for n in METHOD_ORDER if n in names] + sorted(n for n in names if n not in METHOD_ORDER)
+
+
+def config_folder(trainer: str) -> str:
+    """configs/trainers/<trainer>, or the folder of the trainer whose config node holds this one's precision."""
+    from dassl.engine import TRAINER_REGISTRY
+
+    folder = os.path.join(REPO, "configs", "trainers", trainer)
+    if os.path.isdir(folder):
+        return folder
+    node = precision_key(trainer).split(".")[1]
+    for name in TRAINER_REGISTRY.registered_names():
+        owner = os.path.join(REPO, "configs", "trainers", name)
+        if getattr(TRAINER_REGISTRY.get(name), "METHOD_KEY", "") == node and os.path.isdir(owner):
+            return owner
+    raise FileNotFoundError(f"no config folder for {trainer}: configs/trainers/{trainer}/ does not exist and no "
+                            f"trainer with a folder owns its precision key {precision_key(trainer)}")
+
+
+def official_config(folder_trainer: str) -> str:
+    """The base-to-novel config the scripts give this trainer (scripts/lib.sh's default_cfg)."""
+    command = 'source scripts/lib.sh && default_cfg base2new "$0"'
+    result = subprocess.run(["bash", "-c", command, folder_trainer], cwd=REPO, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise FileNotFoundError(f"scripts/lib.sh names no base-to-novel config for {folder_trainer}: "
+                                f"{result.stderr.strip()}; give --config")
+    return result.stdout.strip()
+
+
+def config_file(trainer: str, args: argparse.Namespace) -> str:
+    folder = config_folder(trainer)
+    name = args.config or (official_config(os.path.basename(folder)) if args.vit_b16 else "demo")
+    path = os.path.join(folder, f"{name}.yaml")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no config {os.path.relpath(path, REPO)} for {trainer}")
+    return path
+
+
+def measure_in_child(spec: Spec, workdir: str) -> dict:
+    spec_file, result_file = (os.path.join(workdir, f"{spec.trainer}.{kind}.json") for kind in ("spec", "result"))
+    with open(spec_file, "w", encoding="utf-8") as f:
+        json.dump(asdict(spec), f)
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.costs", spec_file, result_file], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"exit {proc.returncode}: {proc.stdout.strip().splitlines()[-1] if proc.stdout else ''}")
+    with open(result_file, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def measure_all(args: argparse.Namespace) -> list[dict]:
+    """One result per trainer: its measured costs, or its config and the error that stopped it."""
+    from benchmarks.costs import measure_costs
+
+    trainers = registered_trainers()
+    unknown = [name for name in args.trainers if name not in trainers]
+    if unknown:
+        raise SystemExit(f"unknown trainer(s) {unknown}; registered: {', '.join(trainers)}")
+    device = resolve_device(args.device)
+    results = []
+    with tempfile.TemporaryDirectory() as workdir:
+        for trainer in args.trainers or trainers:
+            print(f"measuring {trainer} ...", flush=True)
+            result = {"trainer": trainer, "config": ""}
+            try:
+                path = config_file(trainer, args)
+                result["config"] = os.path.relpath(path, REPO)
+                spec = Spec(trainer, path, VIT_B16 if args.vit_b16 else "", args.classes, "costs", prec=args.prec,
+                            warmup=args.warmup, steps=args.steps, eval_images=args.eval_images, device=device)
+                result.update(measure_costs(spec) if args.in_process else measure_in_child(spec, workdir))
+            except Exception as error:  # noqa: BLE001 — one trainer's failure is its row, the others still run
+                if args.in_process:
+                    traceback.print_exc()
+                result["error"] = f"{type(error).__name__}: {error}"
+                print(f"  {trainer} failed: {result['error']}", file=sys.stderr)
+            results.append(result)
+    return results
+
+
+def training_kind(result: dict) -> str:
+    if "trainable_params" not in result:
+        return ""
+    if result["trains_by_steps"]:
+        return "steps"
+    return "one-pass fit" if result["trainable_params"] else "nothing trained"
+
+
+def csv_row(result: dict) -> dict:
+    def mib(key: str) -> Optional[float]:
+        value = result.get(key)
+        return None if value is None else round(value / MIB, 1)
+
+    return {"trainer": result["trainer"], "config": result["config"], "training": training_kind(result),
+            "trainable_params": result.get("trainable_params"),
+            **{key: result.get(key) for key in ("train_flops_per_image", "test_flops_per_image",
+                                                "test_flops_once_per_evaluation", "train_images_per_s",
+                                                "eval_images_per_s")},
+            "peak_memory_train_mib": mib("peak_memory_train_bytes"), "peak_memory_eval_mib": mib("peak_memory_eval_bytes"),
+            "error": result.get("error", "")}
+
+
+def flops_text(value: Optional[float]) -> str:
+    if value is None:
+        return "–"
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g}"
+
+
+def number_text(value, digits: str = ".3g") -> str:
+    return "–" if value is None or value == "" else format(value, digits)
+
+
+def memory_label(device: str, in_process: bool) -> str:
+    if device == "cuda":
+        return "CUDA max_memory_allocated from a reset at the phase's start (model weights included)"
+    scope = "the running peak of the one process that measured every trainer so far (--in-process)" \
+        if in_process else "the peak of each trainer's own process"
+    return (f"host peak resident set (ru_maxrss), {scope}: evaluation = building + evaluation, training = "
+            "building + evaluation + training (CPU; the torch runtime included)")
+
+
+def markdown(rows: list[dict], header: list[str]) -> str:
+    titles = ("trainer", "config", "training", "trainable params", "train FLOPs / image", "test FLOPs / image",
+              "test FLOPs once / evaluation", "train images/s", "eval images/s", "peak memory train (MiB)",
+              "peak memory eval (MiB)")
+    lines = header + ["", "| " + " | ".join(titles) + " |", "|" + " --- |" * len(titles)]
+    for row in rows:
+        if row["error"]:
+            lines.append(f"| `{row['trainer']}` | {row['config']} | failed: {row['error']} |" + " |" * 8)
+            continue
+        cells = [f"`{row['trainer']}`", row["config"], row["training"], f"{row['trainable_params']:,}",
+                 flops_text(row["train_flops_per_image"]), flops_text(row["test_flops_per_image"]),
+                 flops_text(row["test_flops_once_per_evaluation"]), number_text(row["train_images_per_s"]),
+                 number_text(row["eval_images_per_s"]), number_text(row["peak_memory_train_mib"], ".1f"),
+                 number_text(row["peak_memory_eval_mib"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(args: argparse.Namespace, results: list[dict], argv: list[str]) -> list[str]:
+    measured = next((r for r in results if "machine" in r), {})
+    info = measured.get("machine", {})
+    device = info.get("gpu") or f"CPU {cpu_model()} ({os.cpu_count()} cores, {info.get('threads', '?')} torch threads)"
+    backbone = measured.get("backbone", "RandomInit-ViT-B/16" if args.vit_b16 else "the configs' backbone")
+    return [
+        "# Cost per trainer",
+        "",
+        f"Command: `python -m benchmarks.cost_table {' '.join(argv)}`",
+        f"Device: {device}; torch {info.get('torch', '?')}; backbone {backbone}; PREC {args.prec}; "
+        f"{args.classes} classes (ImageNet names); random inputs.",
+        "FLOPs: forward only (torch.utils.flop_counter, 2 per multiply-add); per training image = a training "
+        "batch's forward over its size; per test image = a later evaluation batch's over its size, the class "
+        "side computed once per evaluation in its own column. Images/s: training steps (forward, backward, update) "
+        f"and evaluation batches after the first. Memory: {memory_label(info.get('device', 'cpu'), args.in_process)}.",
+        "training: steps (an optimizer), one-pass fit (learned without steps: no training figures), nothing trained.",
+    ]
+
+
+def write_tables(results: list[dict], args: argparse.Namespace, argv: list[str]) -> dict:
+    os.makedirs(args.out, exist_ok=True)
+    rows = [csv_row(result) for result in results]
+    paths = {kind: os.path.join(args.out, f"cost_table.{kind}") for kind in ("md", "csv", "json")}
+    with open(paths["csv"], "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    text = markdown(rows, header_lines(args, results, argv))
+    with open(paths["md"], "w", encoding="utf-8") as f:
+        f.write(text)
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(results, f, indent=1)
+    print(text)
+    return paths
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    results = measure_all(args)
+    write_tables(results, args, argv)
+    failed = [r["trainer"] for r in results if "error" in r]
+    if failed:
+        print(f"failed: {', '.join(failed)} (see the error column)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The costs of one trainer, measured in one process (`python3 -m benchmarks.costs SPEC.json RESULT.json`, run by
+benchmarks/cost_table.py): trainable parameters, forward FLOPs per training and per test image, images/s in
+training and in evaluation, and peak memory, each phase through the trainer's own methods (`build_model`,
+`forward_backward`, `model_inference`) on random inputs, as benchmarks/measure.py times them.
+
+- Trainable parameters: the parameters with requires_grad of the registered models once the trainer has built
+  them (a fitted classifier such as the linear probe's counts too: it is what the method learns).
+- Forward FLOPs (torch.utils.flop_counter: matrix products, convolutions, attention; 2 per multiply-add):
+  training, the forward of one training batch (`training_loss` where the trainer has one, its model in
+  training mode otherwise) over the batch size: the text side each step encodes is shared by the batch;
+  test, one evaluation batch after the first over its size, so a method whose class features are computed
+  once per evaluation (the evaluation cache) is charged per image only for what each image costs; that
+  once-per-evaluation part is `test_flops_once_per_evaluation` (the first batch minus a later one).
+- Peak memory, evaluation first, then training: on CUDA `max_memory_allocated` from a reset at the start
+  of each phase (model weights included); on the CPU the process's peak resident set (`ru_maxrss`, which
+  cannot be reset): after evaluation it covers building and evaluating, after training everything.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from dataclasses import asdict
+
+from benchmarks.measure import (Spec, build_cfg, build_trainer_on_classes, counted_flops, load_classnames,
+                                machine, peak_memory, random_images, reset_cuda_peaks, time_evaluation,
+                                time_training)
+
+FLOP_TEST_IMAGES = 2  # test FLOPs per image do not depend on the batch: a small one is counted
+
+
+def trainable_parameters(trainer) -> int:
+    """Elements of the registered models' parameters that require gradients (each tensor counted once)."""
+    seen, total = set(), 0
+    for name in trainer.get_model_names():
+        for param in trainer._models[name].parameters():
+            if param.requires_grad and id(param) not in seen:
+                seen.add(id(param))
+                total += param.numel()
+    return total
+
+
+def trains_by_steps(trainer) -> bool:
+    """Whether a registered model has an optimizer (the linear probe fits in one pass, zero-shot CLIP learns nothing)."""
+    return any(trainer._optims.get(name) is not None for name in trainer.get_model_names())
+
+
+def training_batch(trainer, cfg) -> dict:
+    import torch
+
+    size = cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+    return {"img": random_images(size, cfg.INPUT.SIZE[0], "cpu", cfg.SEED),
+            "label": torch.arange(size) % trainer.num_classes}
+
+
+def training_forward_flops(trainer, cfg) -> int:
+    """FLOPs of the forward of one training batch, as `forward_backward` runs it (precision autocast included)."""
+    import contextlib
+
+    image, label = trainer.parse_batch_train(training_batch(trainer, cfg))
+    trainer.set_model_mode("train")
+    precision = getattr(trainer, "precision", None)
+    autocast = precision.autocast() if precision is not None else contextlib.nullcontext()
+
+    def forward():
+        with autocast:
+            if hasattr(trainer, "training_loss"):
+                trainer.training_loss(image, label)
+            else:
+                trainer.model(image)
+
+    return counted_flops(forward)
+
+
+def test_forward_flops(trainer, cfg) -> tuple[int, int]:
+    """(FLOPs of the first evaluation batch, FLOPs of a later one), batches of FLOP_TEST_IMAGES images."""
+    import torch
+
+    batch = random_images(FLOP_TEST_IMAGES, cfg.INPUT.SIZE[0], trainer.device, cfg.SEED)
+    trainer.set_model_mode("eval")
+    model = getattr(trainer, "model", None)
+    if hasattr(model, "_cache"):
+        model._cache = None  # a cold first batch: the once-per-evaluation work is counted in it
+    with torch.no_grad():
+        first = counted_flops(lambda: trainer.model_inference(batch))
+        later = counted_flops(lambda: trainer.model_inference(batch))
+    return first, later
+
+
+def memory_figure(device, memory: dict) -> int:
+    return memory["peak_cuda_allocated_bytes"] if device.type == "cuda" else memory["peak_rss_bytes"]
+
+
+def measure_costs(spec: Spec) -> dict:
+    """Every cost of `spec.trainer` on `spec.classes` class names; training figures are None for a trainer
+    that does not train by steps."""
+    from dassl.utils import keep_freed_memory, set_cuda_math, set_random_seed
+
+    cfg = build_cfg(spec)
+    if spec.device == "cuda":  # as train.py does
+        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
+    else:
+        keep_freed_memory()
+    set_random_seed(cfg.SEED)
+    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
+    device = trainer.device
+    result = {"spec": asdict(spec), "trainer": spec.trainer, "backbone": cfg.MODEL.BACKBONE.NAME,
+              "trainable_params": trainable_parameters(trainer), "trains_by_steps": trains_by_steps(trainer),
+              "train_batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "test_batch_size": cfg.DATALOADER.TEST.BATCH_SIZE}
+
+    reset_cuda_peaks(device)
+    evaluation = time_evaluation(trainer, cfg, spec.eval_images)
+    result.update(eval_images_per_s=evaluation["images_per_s"],
+                  peak_memory_eval_bytes=memory_figure(device, peak_memory(device)))
+    first, later = test_forward_flops(trainer, cfg)
+    result.update(test_flops_per_image=later / FLOP_TEST_IMAGES, test_flops_once_per_evaluation=first - later)
+
+    result.update(train_images_per_s=None, train_flops_per_image=None, peak_memory_train_bytes=None)
+    if result["trains_by_steps"]:
+        reset_cuda_peaks(device)
+        wall, _ = time_training(trainer, cfg, spec.warmup, spec.steps)
+        result.update(train_images_per_s=cfg.DATALOADER.TRAIN_X.BATCH_SIZE / statistics.median(wall),
+                      peak_memory_train_bytes=memory_figure(device, peak_memory(device)))
+        # after the timed steps: once-per-run work of the first step (e.g. PromptSRC's teacher) is not counted
+        result["train_flops_per_image"] = training_forward_flops(trainer, cfg) / cfg.DATALOADER.TRAIN_X.BATCH_SIZE
+    result["machine"] = machine(device)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 2:
+        print("usage: python3 -m benchmarks.costs SPEC.json RESULT.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as f:
+        spec = Spec(**json.load(f))
+    result = measure_costs(spec)
+    with open(argv[1], "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
