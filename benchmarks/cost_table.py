@@ -29,14 +29,13 @@ import subprocess
 import sys
 import tempfile
 import traceback
-from dataclasses import asdict
 from typing import Optional
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_trainers import cpu_model, resolve_device  # noqa: E402
-from benchmarks.measure import REPO, Spec, precision_key  # noqa: E402
+from benchmarks.measure import REPO, Spec, precision_key, run_in_child  # noqa: E402
 
 VIT_B16 = "ViT-B/16"
 MIB = 1024 ** 2
@@ -109,18 +108,6 @@ def config_file(trainer: str, args: argparse.Namespace) -> str:
     return path
 
 
-def measure_in_child(spec: Spec, workdir: str) -> dict:
-    spec_file, result_file = (os.path.join(workdir, f"{spec.trainer}.{kind}.json") for kind in ("spec", "result"))
-    with open(spec_file, "w", encoding="utf-8") as f:
-        json.dump(asdict(spec), f)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.costs", spec_file, result_file], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"exit {proc.returncode}: {proc.stdout.strip().splitlines()[-1] if proc.stdout else ''}")
-    with open(result_file, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def measure_all(args: argparse.Namespace) -> list[dict]:
     """One result per trainer: its measured costs, or its config and the error that stopped it."""
     from benchmarks.costs import measure_costs
@@ -140,11 +127,14 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
                 result["config"] = os.path.relpath(path, REPO)
                 spec = Spec(trainer, path, VIT_B16 if args.vit_b16 else "", args.classes, "costs", prec=args.prec,
                             warmup=args.warmup, steps=args.steps, eval_images=args.eval_images, device=device)
-                result.update(measure_costs(spec) if args.in_process else measure_in_child(spec, workdir))
+                result.update(measure_costs(spec) if args.in_process else
+                              run_in_child(spec, workdir, trainer, module="benchmarks.costs"))
             except Exception as error:  # noqa: BLE001 — one trainer's failure is its row, the others still run
                 if args.in_process:
                     traceback.print_exc()
-                result["error"] = f"{type(error).__name__}: {error}"
+                # a child's error ends with its traceback's last line: the exception itself
+                lines = str(error).strip().splitlines() or [""]
+                result["error"] = f"{type(error).__name__}: {lines[-1]}"
                 print(f"  {trainer} failed: {result['error']}", file=sys.stderr)
             results.append(result)
     return results
@@ -182,7 +172,9 @@ def flops_text(value: Optional[float]) -> str:
 
 
 def number_text(value, digits: str = ".3g") -> str:
-    return "–" if value is None or value == "" else format(value, digits)
+    if value is None or value == "":
+        return "–"
+    return f"{value:,.0f}" if value >= 1000 else format(value, digits)
 
 
 def memory_label(device: str, in_process: bool) -> str:

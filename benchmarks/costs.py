@@ -17,13 +17,12 @@ training and in evaluation, and peak memory, each phase through the trainer's ow
 """
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from dataclasses import asdict
 
-from benchmarks.measure import (Spec, build_cfg, build_trainer_on_classes, counted_flops, load_classnames,
-                                machine, peak_memory, random_images, reset_cuda_peaks, time_evaluation,
+from benchmarks.measure import (Spec, build_trainer_on_classes, child_main, counted_flops, load_classnames, machine,
+                                peak_memory, prepare_process, random_images, reset_cuda_peaks, time_evaluation,
                                 time_training)
 
 FLOP_TEST_IMAGES = 2  # test FLOPs per image do not depend on the batch: a small one is counted
@@ -94,14 +93,7 @@ def memory_figure(device, memory: dict) -> int:
 def measure_costs(spec: Spec) -> dict:
     """Every cost of `spec.trainer` on `spec.classes` class names; training figures are None for a trainer
     that does not train by steps."""
-    from dassl.utils import keep_freed_memory, set_cuda_math, set_random_seed
-
-    cfg = build_cfg(spec)
-    if spec.device == "cuda":  # as train.py does
-        set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
-    else:
-        keep_freed_memory()
-    set_random_seed(cfg.SEED)
+    cfg = prepare_process(spec)
     trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
     device = trainer.device
     result = {"spec": asdict(spec), "trainer": spec.trainer, "backbone": cfg.MODEL.BACKBONE.NAME,
@@ -127,17 +119,5 @@ def measure_costs(spec: Spec) -> dict:
     return result
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: python3 -m benchmarks.costs SPEC.json RESULT.json", file=sys.stderr)
-        return 2
-    with open(argv[0], encoding="utf-8") as f:
-        spec = Spec(**json.load(f))
-    result = measure_costs(spec)
-    with open(argv[1], "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=1)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(child_main("benchmarks.costs", measure_costs, sys.argv[1:]))

@@ -12,11 +12,12 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
-from typing import Optional
+from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSNAMES_FILE = os.path.join(REPO, "benchmarks", "imagenet_classnames.txt")
@@ -316,18 +317,24 @@ def machine(device) -> dict:
     return info
 
 
-def measure(spec: Spec) -> dict:
-    """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
+def prepare_process(spec: Spec):
+    """The config of `spec`, with this process's math and memory settings as train.py makes them and the seed set."""
     from dassl.utils import keep_freed_memory, set_cuda_math, set_random_seed
 
-    if spec.phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
     cfg = build_cfg(spec)
-    if spec.device == "cuda":  # as train.py does
+    if spec.device == "cuda":
         set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
     else:
         keep_freed_memory()
     set_random_seed(cfg.SEED)
+    return cfg
+
+
+def measure(spec: Spec) -> dict:
+    """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
+    if spec.phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
+    cfg = prepare_process(spec)
     start = time.perf_counter()
     trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
     build_s = time.perf_counter() - start
@@ -353,17 +360,37 @@ def measure(spec: Spec) -> dict:
     return result
 
 
-def main(argv: list[str]) -> int:
+def child_main(module: str, run: Callable[[Spec], dict], argv: list[str]) -> int:
+    """`python3 -m <module> SPEC.json RESULT.json`: `run` the spec and write its result (the child side of
+    `run_in_child`)."""
     if len(argv) != 2:
-        print("usage: python3 -m benchmarks.measure SPEC.json RESULT.json", file=sys.stderr)
+        print(f"usage: python3 -m {module} SPEC.json RESULT.json", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as f:
         spec = Spec(**json.load(f))
-    result = measure(spec)
+    result = run(spec)
     with open(argv[1], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return 0
 
 
+class ChildFailed(RuntimeError):
+    """A measurement process exited with an error; the message ends with its output."""
+
+
+def run_in_child(spec: Spec, workdir: str, name: str, module: str = "benchmarks.measure") -> dict:
+    """Run `python3 -m <module>` on `spec` in a fresh interpreter (files `<name>.spec.json` / `.result.json` in
+    `workdir`); its output is kept only for the error when it fails."""
+    spec_file, result_file = (os.path.join(workdir, f"{name}.{kind}.json") for kind in ("spec", "result"))
+    with open(spec_file, "w", encoding="utf-8") as f:
+        json.dump(asdict(spec), f)
+    proc = subprocess.run([sys.executable, "-m", module, spec_file, result_file], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise ChildFailed(f"exit {proc.returncode}:\n{proc.stdout[-4000:]}")
+    with open(result_file, encoding="utf-8") as f:
+        return json.load(f)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(child_main("benchmarks.measure", measure, sys.argv[1:]))
