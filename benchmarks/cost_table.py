@@ -2,6 +2,7 @@
 
     python -m benchmarks.cost_table --out DIR [--vit-b16] [--config NAME] [--trainers NAME ...] [--classes N]
         [--prec fp32] [--device auto|cpu|cuda] [--warmup 1] [--steps 3] [--eval-images 200] [--in-process]
+        [--params-only] [--readme README.md]
 
 Columns: trainable parameters, forward FLOPs per training image and per test image (and the test side's
 once-per-evaluation FLOPs), images/s in training and in evaluation, peak memory in each (benchmarks/costs.py
@@ -25,6 +26,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=3, help="timed training steps (the median is reported)")
     parser.add_argument("--eval-images", type=int, default=200, help="images timed after the first eval batch")
     parser.add_argument("--in-process", action="store_true", help="measure every trainer in this process")
+    parser.add_argument("--params-only", action="store_true",
+                        help="count trainable parameters only (no FLOPs, timing or memory: seconds per trainer)")
+    parser.add_argument("--readme", default="", metavar="README.md",
+                        help="also write the counts into the parameter column of this file's methods table")
     return parser
 
 
@@ -110,7 +116,7 @@ def config_file(trainer: str, args: argparse.Namespace) -> str:
 
 def measure_all(args: argparse.Namespace) -> list[dict]:
     """One result per trainer: its measured costs, or its config and the error that stopped it."""
-    from benchmarks.costs import measure_costs
+    from benchmarks.costs import PARAMS_ONLY, measure_costs
 
     trainers = registered_trainers()
     unknown = [name for name in args.trainers if name not in trainers]
@@ -125,7 +131,7 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
             try:
                 path = config_file(trainer, args)
                 result["config"] = os.path.relpath(path, REPO)
-                spec = Spec(trainer, path, VIT_B16 if args.vit_b16 else "", args.classes, "costs", prec=args.prec,
+                spec = Spec(trainer, path, VIT_B16 if args.vit_b16 else "", args.classes, PARAMS_ONLY if args.params_only else "costs", prec=args.prec,
                             warmup=args.warmup, steps=args.steps, eval_images=args.eval_images, device=device)
                 result.update(measure_costs(spec) if args.in_process else
                               run_in_child(spec, workdir, trainer, module="benchmarks.costs"))
@@ -240,11 +246,49 @@ def write_tables(results: list[dict], args: argparse.Namespace, argv: list[str])
     return paths
 
 
+def parameter_cell(row: dict, classes: int) -> str:
+    text = f"{row['trainable_params']:,}"
+    if row["training"] != "steps" and row["trainable_params"]:
+        text += f" ({row['training']}, {classes} classes)"
+    return text
+
+
+def update_readme_column(path: str, rows: list[dict], classes: int) -> list[str]:
+    """Rewrite the "trainable parameters" cells of the Markdown table in `path` whose header has that column: a
+    row naming trainers in backticks (`A` / `B`) gets their count (one count, so they must agree). Returns the
+    trainers it wrote."""
+    by_name = {row["trainer"]: row for row in rows if not row["error"]}
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    column, written = None, []
+    for index, line in enumerate(lines):
+        cells = line.split("|")[1:-1] if line.startswith("|") else None
+        if cells is None:
+            column = None
+            continue
+        if column is None:
+            found = [i for i, cell in enumerate(cells) if cell.strip().startswith("trainable parameters")]
+            column = found[0] if found else None
+            continue
+        names = re.findall(r"`([^`]+)`", cells[0])
+        counts = {parameter_cell(by_name[name], classes) for name in names if name in by_name}
+        if len(counts) == 1 and len(cells) > column:
+            cells[column] = f" {counts.pop()} "
+            lines[index] = "|" + "|".join(cells) + "|"
+            written += [name for name in names if name in by_name]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines))
+    return written
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     results = measure_all(args)
     write_tables(results, args, argv)
+    if args.readme:
+        written = update_readme_column(args.readme, [csv_row(result) for result in results], args.classes)
+        print(f"{args.readme}: parameter column written for {', '.join(written) or 'no trainer'}")
     failed = [r["trainer"] for r in results if "error" in r]
     if failed:
         print(f"failed: {', '.join(failed)} (see the error column)", file=sys.stderr)

@@ -25,6 +25,7 @@ from benchmarks.measure import (Spec, build_trainer_on_classes, child_main, coun
                                 peak_memory, prepare_process, random_images, reset_cuda_peaks, time_evaluation,
                                 time_training)
 
+PARAMS_ONLY = "params"  # the phase of a spec that counts parameters only (Spec.phase "costs": everything)
 FLOP_TEST_IMAGES = 2  # test FLOPs per image do not depend on the batch: a small one is counted
 
 
@@ -91,14 +92,17 @@ def memory_figure(device, memory: dict) -> int:
 
 
 def measure_costs(spec: Spec) -> dict:
-    """Every cost of `spec.trainer` on `spec.classes` class names; training figures are None for a trainer
-    that does not train by steps."""
+    """Every cost of `spec.trainer` on `spec.classes` class names (only the parameters for the phase
+    PARAMS_ONLY); training figures are None for a trainer that does not train by steps."""
     cfg = prepare_process(spec)
     trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
     device = trainer.device
     result = {"spec": asdict(spec), "trainer": spec.trainer, "backbone": cfg.MODEL.BACKBONE.NAME,
               "trainable_params": trainable_parameters(trainer), "trains_by_steps": trains_by_steps(trainer),
-              "train_batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "test_batch_size": cfg.DATALOADER.TEST.BATCH_SIZE}
+              "train_batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "test_batch_size": cfg.DATALOADER.TEST.BATCH_SIZE,
+              "machine": machine(device)}
+    if spec.phase == PARAMS_ONLY:
+        return result
 
     reset_cuda_peaks(device)
     evaluation = time_evaluation(trainer, cfg, spec.eval_images)
@@ -115,7 +119,6 @@ def measure_costs(spec: Spec) -> dict:
                       peak_memory_train_bytes=memory_figure(device, peak_memory(device)))
         # after the timed steps: once-per-run work of the first step (e.g. PromptSRC's teacher) is not counted
         result["train_flops_per_image"] = training_forward_flops(trainer, cfg) / cfg.DATALOADER.TRAIN_X.BATCH_SIZE
-    result["machine"] = machine(device)
     return result
 
 

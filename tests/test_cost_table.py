@@ -111,3 +111,21 @@ def test_configs_follow_the_scripts_and_failures_are_rows(tmp_path):
     assert "failed: FileNotFoundError" in (tmp_path / "cost_table.md").read_text()
     with pytest.raises(SystemExit, match="registered: .*CoOp"):
         cost_table.main(["--out", str(tmp_path), "--trainers", "NoSuchTrainer"])
+
+
+def test_the_readme_column_is_written_from_the_counts(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("| path | what |\n| --- | --- |\n| `CoOp` | x |\n\n"
+                      "| trainer | what | trainable parameters (shapes) | folder |\n| --- | --- | --- | --- |\n"
+                      "| `A` / `B` | both | old | a |\n| `CoOp` | ctx | old | p |\n| `Probe` | head | old | h |\n"
+                      "| `Gone` | kept | old | g |\n")
+    rows = [{"trainer": "A", "trainable_params": 0, "training": "nothing trained", "error": ""},
+            {"trainer": "B", "trainable_params": 0, "training": "nothing trained", "error": ""},
+            {"trainer": "CoOp", "trainable_params": 8192, "training": "steps", "error": ""},
+            {"trainer": "Probe", "trainable_params": 5130, "training": "one-pass fit", "error": ""}]
+    assert cost_table.update_readme_column(str(readme), rows, 10) == ["A", "B", "CoOp", "Probe"]
+    assert readme.read_text().splitlines() == [
+        "| path | what |", "| --- | --- |", "| `CoOp` | x |", "",
+        "| trainer | what | trainable parameters (shapes) | folder |", "| --- | --- | --- | --- |",
+        "| `A` / `B` | both | 0 | a |", "| `CoOp` | ctx | 8,192 | p |",
+        "| `Probe` | head | 5,130 (one-pass fit, 10 classes) | h |", "| `Gone` | kept | old | g |"]
