@@ -1,7 +1,7 @@
 """The cost of every registered trainer on the current device, as Markdown and CSV:
 
     python -m benchmarks.cost_table --out DIR [--vit-b16] [--config NAME] [--trainers NAME ...] [--classes N]
-        [--prec fp32] [--device auto|cpu|cuda] [--warmup 1] [--steps 3] [--eval-images 200] [--in-process]
+        [--prec fp32] [--device auto|cpu|cuda] [--warmup 2] [--steps 10] [--eval-images 500] [--in-process]
         [--params-only] [--readme README.md]
 
 Columns: trainable parameters, forward FLOPs per training image and per test image (and the test side's
@@ -57,9 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--classes", type=int, default=10, help="number of classes (first ImageNet names; default 10)")
     parser.add_argument("--prec", default="fp32", help="every trainer's PREC (fp32, fp16, amp, bf16; default fp32)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    parser.add_argument("--warmup", type=int, default=1, help="training steps before timing")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps (the median is reported)")
-    parser.add_argument("--eval-images", type=int, default=200, help="images timed after the first eval batch")
+    parser.add_argument("--warmup", type=int, default=2, help="training steps before timing (default 2)")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps, the median reported (default 10)")
+    parser.add_argument("--eval-images", type=int, default=500,
+                        help="images timed after the first evaluation batch (default 500)")
     parser.add_argument("--in-process", action="store_true", help="measure every trainer in this process")
     parser.add_argument("--params-only", action="store_true",
                         help="count trainable parameters only (no FLOPs, timing or memory: seconds per trainer)")
@@ -210,7 +211,12 @@ def markdown(rows: list[dict], header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def header_lines(args: argparse.Namespace, results: list[dict], argv: list[str]) -> list[str]:
+def load_text(load: Optional[tuple]) -> str:
+    return "?" if load is None else " / ".join(f"{value:.1f}" for value in load)
+
+
+def header_lines(args: argparse.Namespace, results: list[dict], argv: list[str],
+                 loads: tuple[Optional[tuple], Optional[tuple]]) -> list[str]:
     measured = next((r for r in results if "machine" in r), {})
     info = measured.get("machine", {})
     device = info.get("gpu") or f"CPU {cpu_model()} ({os.cpu_count()} cores, {info.get('threads', '?')} torch threads)"
@@ -220,7 +226,8 @@ def header_lines(args: argparse.Namespace, results: list[dict], argv: list[str])
         "",
         f"Command: `python -m benchmarks.cost_table {' '.join(argv)}`",
         f"Device: {device}; torch {info.get('torch', '?')}; backbone {backbone}; PREC {args.prec}; "
-        f"{args.classes} classes (ImageNet names); random inputs.",
+        f"{args.classes} classes (ImageNet names); random inputs. Load average (1 / 5 / 15 min) before: "
+        f"{load_text(loads[0])}, after: {load_text(loads[1])} (other processes on the cores slow every figure of speed).",
         "FLOPs: forward only (torch.utils.flop_counter, 2 per multiply-add); per training image = a training "
         "batch's forward over its size; per test image = a later evaluation batch's over its size, the class "
         "side computed once per evaluation in its own column. Images/s: training steps (forward, backward, update) "
@@ -229,7 +236,12 @@ def header_lines(args: argparse.Namespace, results: list[dict], argv: list[str])
     ]
 
 
-def write_tables(results: list[dict], args: argparse.Namespace, argv: list[str]) -> dict:
+def load_average() -> Optional[tuple]:
+    return os.getloadavg() if hasattr(os, "getloadavg") else None
+
+
+def write_tables(results: list[dict], args: argparse.Namespace, argv: list[str],
+                 loads: tuple[Optional[tuple], Optional[tuple]] = (None, None)) -> dict:
     os.makedirs(args.out, exist_ok=True)
     rows = [csv_row(result) for result in results]
     paths = {kind: os.path.join(args.out, f"cost_table.{kind}") for kind in ("md", "csv", "json")}
@@ -237,7 +249,7 @@ def write_tables(results: list[dict], args: argparse.Namespace, argv: list[str])
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    text = markdown(rows, header_lines(args, results, argv))
+    text = markdown(rows, header_lines(args, results, argv, loads))
     with open(paths["md"], "w", encoding="utf-8") as f:
         f.write(text)
     with open(paths["json"], "w", encoding="utf-8") as f:
@@ -284,8 +296,9 @@ def update_readme_column(path: str, rows: list[dict], classes: int) -> list[str]
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    before = load_average()
     results = measure_all(args)
-    write_tables(results, args, argv)
+    write_tables(results, args, argv, (before, load_average()))
     if args.readme:
         written = update_readme_column(args.readme, [csv_row(result) for result in results], args.classes)
         print(f"{args.readme}: parameter column written for {', '.join(written) or 'no trainer'}")
