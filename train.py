@@ -12,7 +12,8 @@ from dassl.config import ConfigError, get_cfg_default, merge_from_file, merge_fr
 from dassl.config.values import check_values
 from dassl.data.datasets import DATASET_REGISTRY
 from dassl.engine import TRAINER_REGISTRY, build_trainer, plugins
-from dassl.engine.run_folder import CONFIG_FILE_NAME, check_run_folder, move_aside, read_run_config
+from dassl.engine.run_folder import (CONFIG_FILE_NAME, RunIdentity, check_run_folder, config_values, move_aside,
+                                    read_run_config)
 from dassl.utils import (collect_env_info, get_most_similar_str_to_a_from_b, keep_freed_memory, set_cuda_math,
                          set_random_seed, setup_logger, write_text_atomic)
 from dassl.utils.distributed import (
@@ -111,13 +112,19 @@ def reset_cfg(cfg, args: argparse.Namespace) -> None:
         cfg.MODEL.HEAD.NAME = args.head
 
 
-def setup_cfg(args: argparse.Namespace):
-    """Defaults -> method keys -> dataset YAML -> trainer YAML -> flags -> opts; frozen."""
+def default_cfg(args: argparse.Namespace):
+    """Dassl defaults + every method's keys (built-in, registered, --import'ed): the config before any file."""
     from trainers.config import extend_cfg  # after `trainers` is imported: it loops over the registry
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
     plugins.apply_config_hooks(cfg, args.imports)
+    return cfg
+
+
+def setup_cfg(args: argparse.Namespace):
+    """Defaults -> method keys -> dataset YAML -> trainer YAML -> flags -> opts; frozen."""
+    cfg = default_cfg(args)
     if args.dataset_config_file:
         merge_from_file(cfg, args.dataset_config_file, role="dataset config file")
     if args.config_file:
@@ -170,14 +177,23 @@ def check_model_trainer(cfg, model_dir: str) -> None:
                          f"{saved.get('TRAINER.NAME')} and that run's --config-file")
 
 
+def run_identity(cfg, args: argparse.Namespace) -> RunIdentity:
+    """What of a run folder's config.yaml this command's config is compared on: not the keys absent there and
+    at their default here (or the reverse), nor the config nodes of methods other than cfg's trainer."""
+    from trainers.method import other_method_nodes
+
+    return RunIdentity(config_values(default_cfg(args)), other_method_nodes(cfg.TRAINER.NAME))
+
+
 def prepare_run_folder(cfg, args: argparse.Namespace) -> bool:
     """Make sure the output folder holds nothing but this config's run, before anything is written: with
     --force another run there is moved aside. Returns whether the folder already holds this config's run."""
     if not cfg.OUTPUT_DIR:
         return False
     role = "the output folder" if args.output_dir else "the default output folder (no --output-dir given)"
+    identity = run_identity(cfg, args)
     if args.resume:
-        check_run_folder(cfg, args.resume, role="the --resume folder")
+        check_run_folder(cfg, args.resume, role="the --resume folder", identity=identity)
     if args.force:
         if is_main_process():
             moved = move_aside(cfg.OUTPUT_DIR)
@@ -185,7 +201,7 @@ def prepare_run_folder(cfg, args: argparse.Namespace) -> bool:
                 print(f"--force: moved the run in {cfg.OUTPUT_DIR} aside to {moved}")
         barrier()  # no process may read the old run's files after this point
         return False
-    return check_run_folder(cfg, cfg.OUTPUT_DIR, role=role)
+    return check_run_folder(cfg, cfg.OUTPUT_DIR, role=role, identity=identity)
 
 
 def save_config(cfg) -> None:
@@ -224,7 +240,7 @@ def _main(args: argparse.Namespace):
     if args.model_dir:
         check_model_trainer(cfg, args.model_dir)
     if args.check_run_folder:
-        check_run_folder(cfg, cfg.OUTPUT_DIR)
+        check_run_folder(cfg, cfg.OUTPUT_DIR, identity=run_identity(cfg, args))
         return None
     launch = init_distributed(cfg.USE_CUDA)
     on_cpu = plugins.keeps_cuda_calls_on_cpu(args.imports, cfg.USE_CUDA)

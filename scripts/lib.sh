@@ -128,28 +128,16 @@ load_settings() {
     check_uint SHOTS "$SHOTS"
 }
 
-# The official config of a protocol step for a trainer: default_cfg PROTOCOL TRAINER
+# The official config of a protocol step for a trainer, as its class declares it (SPEC, trainers/method.py):
+# default_cfg PROTOCOL TRAINER
 default_cfg() {
-    case "$1/$2" in
-        */ZeroshotCLIP) echo vit_b16 ;;
-        xd/MaPLe) echo vit_b16_c2_ep5_batch4_2ctx_cross_datasets ;;
-        # The official PromptSRC xd scripts name an "ep5" file that does not exist (PROTOCOL §8 item 27).
-        xd/PromptSRC) echo vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets ;;
-        xd/CoOp) echo vit_b16_ep50 ;;
-        fewshot/PromptSRC) echo vit_b16_c2_ep50_batch4_4+4ctx_few_shot ;;
-        */MaPLe) echo vit_b16_c2_ep5_batch4_2ctx ;;
-        */IVLP) echo vit_b16_c2_ep5_batch4_2+2ctx ;;
-        */VPT) echo vit_b16_c2_ep5_batch4_4 ;;
-        */CoCoOp) echo vit_b16_c4_ep10_batch1_ctxv1 ;;
-        */PromptSRC) echo vit_b16_c2_ep20_batch4_4+4ctx ;;
-        */CoOp) echo vit_b16 ;;
-        */LinearProbeCLIP) echo vit_b16 ;;
-        *) die "no default config for trainer '$2' in protocol '$1': set CFG (see configs/trainers/$2/)" ;;
-    esac
+    "$PYTHON" -m scripts.methods default-config "$1" "$2" || exit 1
 }
 
+# A trainer's config folder: its own name's, else the one its SPEC names (ZeroshotCLIP: CoOp's).
 config_dir() {
-    if [ "$1" = ZeroshotCLIP ]; then echo configs/trainers/CoOp; else echo "configs/trainers/$1"; fi
+    if [ -d "configs/trainers/$1" ]; then echo "configs/trainers/$1"; return; fi
+    "$PYTHON" -m scripts.methods config-dir "$1" || exit 1
 }
 
 # The demo dataset and its transfer targets (demo_*) run the demo configs.
@@ -277,7 +265,9 @@ run_job() {  # LABEL KIND DIR
         if [ "${FORCE:-0}" = 1 ]; then
             CMD=("${CMD[0]}" "${CMD[1]}" --force "${CMD[@]:2}")
         fi
-        if [ -d "$dir" ]; then
+        if [ -d "$dir" ] && [ "${FORCE:-0}" = 1 ]; then
+            echo "FORCE=1: running ${dir} again (train.py moves the run there aside)"
+        elif [ -d "$dir" ]; then
             echo "Results are available in ${dir}. Resuming..."
         else
             echo "Run this job and save the output to ${dir}"

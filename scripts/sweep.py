@@ -28,7 +28,7 @@ through to each job.
 
 Methods follow their protocols: ZeroshotCLIP trains nothing (its base2new steps evaluate it on the base and
 novel classes, its xd / dg / fewshot steps are zero-shot runs on every dataset involved); a trainer whose
-class says it cannot score classes it was not trained on (TRANSFERS_TO_UNSEEN_CLASSES False: the linear
+class says it cannot score classes it was not trained on (its SPEC's transfers_to_unseen False: the linear
 probe) gets no base2new jobs and no cross-dataset targets. A source training that is also a few-shot run of
 the same config (the demo's) is one job.
 

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 import torch
+import yaml
 
 import api
-from dassl.engine.run_folder import NON_RESULT_KEYS, decides_result, differing_keys
+from dassl.engine.run_folder import NON_RESULT_KEYS, RunIdentity, decides_result, differing_keys
 from dassl.utils import load_checkpoint
 from datasets.demo import ensure_demo_data
 from reliability_testutils import ROOT, train_py, train_py_error, tree_fingerprint
@@ -155,3 +156,37 @@ def test_model_dir_of_another_trainer_is_named(finished, tmp_path, capsys):
     assert line == (f"train.py: error: --model-dir {run} holds a model of a CoOp run (its config.yaml), but this "
                     "command builds MaPLe; give --trainer CoOp and that run's --config-file")
     assert not (tmp_path / "eval").exists()
+
+
+def test_identity_ignores_keys_added_at_their_default_and_other_methods_nodes():
+    identity = RunIdentity(defaults={"TRAINER.NEW.W": 8.0, "OPTIM.LR": 0.002}, other_nodes=("NEW", "MAPLE"))
+    old = {"OPTIM.LR": 0.1, "TRAINER.MAPLE.N_CTX": 2, "TRAINER.COOP.N_CTX": 4}
+    same = {**old, "TRAINER.NEW.W": 8.0, "TRAINER.MAPLE.N_CTX": 5}  # a new method's keys; another method's change
+    assert differing_keys(old, same, identity) == []
+    assert differing_keys(old, {**old, "TRAINER.COOP.N_CTX": 8}, identity) == [("TRAINER.COOP.N_CTX", 4, 8)]
+    # absent on one side counts when the other side is not at the default, or the key has none
+    own = RunIdentity(defaults={"TRAINER.NEW.W": 8.0})
+    assert differing_keys(old, {**old, "TRAINER.NEW.W": 3.0}, own) == [("TRAINER.NEW.W", "<absent>", 3.0)]
+    assert differing_keys({**old, "GONE": 1}, old, own) == [("GONE", 1, "<absent>")]
+    assert differing_keys(old, {**old, "TRAINER.NEW.W": 8.0}, own) == []
+
+
+def test_a_folder_made_before_a_method_was_added_is_still_recognised(run_copy, capsys):
+    """An older version wrote a config.yaml without the keys added since (here: the linear probe's node and a
+    speed switch); another method's node may differ too. The run still resumes; a real change is refused."""
+    data, run = run_copy
+    path = os.path.join(run, "config.yaml")
+    config = yaml.safe_load(open(path))
+    del config["TRAINER"]["LINEAR_PROBE"]
+    del config["TRAINER"]["SPEEDUPS"]["COMPILE"]
+    config["TRAINER"]["MAPLE"]["N_CTX"] = 5
+    with open(path, "w") as f:
+        yaml.safe_dump(config, f)
+    before = tree_fingerprint(run)
+    line = train_py_error(capsys, *coop_argv(data, "TRAINER.COOP.N_CTX", "8", output_dir=run))
+    assert "its config.yaml differs in TRAINER.COOP.N_CTX 4 -> 8;" in line
+    line = train_py_error(capsys, *coop_argv(data, "TRAINER.SPEEDUPS.COMPILE", "True", output_dir=run))
+    assert "its config.yaml differs in TRAINER.SPEEDUPS.COMPILE '<absent>' -> True;" in line
+    assert tree_fingerprint(run) == before
+    trainer = train_py(*coop_argv(data, output_dir=run))
+    assert "Found checkpoint at" in capsys.readouterr().out and trainer.start_epoch == 1

@@ -105,3 +105,19 @@ def test_zero_shot_jobs_ignore_a_cfg_and_sub_meant_for_the_trained_methods():
     assert chosen["CFG"] == "vit_b16_ep50"
     trained = Job("base2new_train", "MaPLe", None, "demo", "1").environment(base, "cpu")
     assert trained["CFG"] == "vit_b16_c2_ep5_batch4_2ctx" and trained["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_force_sweep_reruns_finished_jobs_and_reports_them_finished(tmp_path):
+    """FORCE=1 runs every job again (train.py --force) and the sweep counts each as run and finished."""
+    fake = fake_python(tmp_path / "bin", sys.executable)
+    first = sweep(tmp_path, "CoOp", SEEDS="1", GPUS="cpu", **fake)
+    assert first.returncode == 0, first.stdout + first.stderr
+    again = sweep(tmp_path, "CoOp", SEEDS="1", GPUS="cpu", FORCE="1", **fake)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Sweep: 2 jobs, 0 already finished, 2 to run" in again.stdout
+    assert "2 jobs: 2 run and finished, 0 already finished (skipped), 0 failed, 0 blocked" in again.stdout
+    assert "FAILED" not in again.stdout and "BLOCKED" not in again.stdout
+    calls = recorded_calls(fake)
+    assert len(calls) == 4 and ["--force" in call for call in calls] == [False, False, True, True]
+    log = os.path.join(str(tmp_path), "out", "sweep_logs", "base2new_train", "CoOp", "demo", "seed1.log")
+    assert "FORCE=1: running" in open(log, encoding="utf-8").read()

@@ -10,6 +10,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, cosine_logits,
                      init_text_context, l2_normalize, round_to_dtype_)
+from .method import MethodSpec
 
 
 class PromptLearner(TextPromptLearner):
@@ -72,6 +73,7 @@ class CoCoOp(PromptTrainer):
     METHOD_KEY = "COCOOP"
     MODEL_NAME = "prompt_learner"
     REGISTER_PROMPT_LEARNER = True
+    SPEC = MethodSpec(default_config="vit_b16_c4_ep10_batch1_ctxv1")
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         learner = PromptLearner(self.cfg, classnames, clip_model)

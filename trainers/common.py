@@ -34,7 +34,7 @@ from dassl.optim import build_lr_scheduler, build_optimizer
 from dassl.utils import load_pretrained_weights
 from dassl.utils.errors import InputError
 
-PRECISIONS = ("fp16", "fp32", "amp", "bf16")
+from .method import PRECISIONS, MethodSpec, freeze_all_but_trained, spec_of, trained_parameter_count
 
 _tokenizer = SimpleTokenizer()
 
@@ -43,10 +43,11 @@ _tokenizer = SimpleTokenizer()
 # Precision
 
 
-def check_precision(name: str, key: str) -> None:
-    """Raise a ValueError naming the config key and the valid choices when `name` is not a known mode."""
-    if name not in PRECISIONS:
-        raise ConfigError(f"{key} must be one of {', '.join(PRECISIONS)}; got {name!r}")
+def check_precision(name: str, key: str, supported: Sequence[str] = PRECISIONS) -> None:
+    """Raise a ConfigError naming the config key and the valid choices when `name` is not a mode the method
+    supports (its MethodSpec.precisions)."""
+    if name not in supported:
+        raise ConfigError(f"{key} must be one of {', '.join(supported)}; got {name!r}")
 
 
 class Precision:
@@ -439,20 +440,22 @@ def cosine_logits(scale: torch.Tensor, image_features: torch.Tensor, text_featur
 
 
 class PromptedCLIP(nn.Module):
-    """The official `CustomCLIP`: a frozen CLIP (`clip_model`) and a `prompt_learner` (the only trainable
-    part). forward(image) returns logits = logit_scale.exp() * normalised image @ normalised text features.
+    """The official `CustomCLIP`: a frozen CLIP (`clip_model`) and a `prompt_learner` (the trainable part of a
+    prompt method; a subclass may add others, e.g. an `adapter`, which its trainer's SPEC.trained names).
+    forward(image) returns logits = logit_scale.exp() * normalised image @ normalised text features.
 
     Evaluation cache: when the prompt learner is in eval mode and no gradient is recorded, the class text
     features and the vision prompts do not depend on the batch, so they are computed once and reused. The
     cache is keyed on the storage and version counter of every prompt parameter and buffer (any optimizer
     step, weight load or device/dtype move changes them) and on the autocast state; it is dropped as soon
-    as the model runs in training mode.
+    as the model runs in training mode. Only the prompt learner's tensors key the cache, so a trained part
+    outside it must act on what `class_side` returns, not inside it.
     """
 
     def __init__(self, clip_model: nn.Module, prompt_learner: PromptLearner, options: SpeedOptions):
         super().__init__()
         # Registered first so that a CLIP module shared by mistake would show up under "prompt_learner."
-        # and be caught by `freeze_all_but_prompts`.
+        # and be caught by `freeze_all_but_trained`.
         self.prompt_learner = prompt_learner
         self.clip_model = clip_model
         self.options = options
@@ -505,16 +508,8 @@ class PromptedCLIP(nn.Module):
 
 
 def freeze_all_but_prompts(model: PromptedCLIP) -> list[str]:
-    """Make exactly the prompt learner's parameters trainable and verify that no CLIP weight is among them."""
-    for name, param in model.named_parameters():
-        param.requires_grad_(name.startswith("prompt_learner."))
-    clip_params = {id(p) for p in model.clip_model.parameters()}
-    trainable = [name for name, p in model.named_parameters() if p.requires_grad]
-    leaked = [name for name, p in model.named_parameters() if p.requires_grad and id(p) in clip_params]
-    if leaked:
-        raise RuntimeError(f"CLIP weights would be trained (the prompt learner holds them): {leaked}")
-    print(f"Parameters to be updated: {set(trainable)}")
-    return trainable
+    """A prompt method's freezing: exactly the prompt learner's parameters trainable, no CLIP weight among them."""
+    return freeze_all_but_trained(model, ("prompt_learner",), model.clip_model)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -567,18 +562,25 @@ def load_prompt_weights(module: nn.Module, state_dict: dict) -> None:
 
 
 class PromptTrainer(TrainerX):
-    """Dassl trainer of a `PromptedCLIP`. A method sets the class attributes and `build_custom_clip`."""
+    """Dassl trainer of a `PromptedCLIP`. A method sets the class attributes and `build_custom_clip`; its `SPEC`
+    (trainers/method.py) declares what it trains, which the freezing, the optimizer, the checkpoints and the
+    parameter count follow."""
 
     METHOD_KEY = ""  # the config node TRAINER.<METHOD_KEY>
     MODEL_NAME = ""  # registered name = checkpoint sub-folder (official names)
     REGISTER_PROMPT_LEARNER = False  # CoOp / CoCoOp register only the prompt learner, the others the whole model
+    SPEC = MethodSpec()
 
     @property
     def method_cfg(self):
         return self.cfg.TRAINER[self.METHOD_KEY]
 
+    @property
+    def spec(self) -> MethodSpec:
+        return spec_of(type(self))
+
     def check_cfg(self, cfg) -> None:
-        check_precision(cfg.TRAINER[self.METHOD_KEY].PREC, f"TRAINER.{self.METHOD_KEY}.PREC")
+        check_precision(cfg.TRAINER[self.METHOD_KEY].PREC, self.spec.precision_key, self.spec.precisions)
         check_prompt_counts(cfg.TRAINER[self.METHOD_KEY], f"TRAINER.{self.METHOD_KEY}")
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
@@ -586,7 +588,7 @@ class PromptTrainer(TrainerX):
 
     def build_model(self) -> None:
         cfg = self.cfg
-        self.precision = Precision(self.method_cfg.PREC, self.device, f"TRAINER.{self.METHOD_KEY}.PREC")
+        self.precision = Precision(self.method_cfg.PREC, self.device, self.spec.precision_key)
         clip_model = load_clip_model(cfg, self.precision)
         check_input_size(cfg, clip_model)
         clip_model.to(self.device)
@@ -594,16 +596,29 @@ class PromptTrainer(TrainerX):
         print("Building custom CLIP")
         self.model = self.build_custom_clip(clip_model, self.dm.dataset.classnames)
         print("Turning off gradients in both the image and the text encoder")
-        freeze_all_but_prompts(self.model)
-        module = self.model.prompt_learner if self.REGISTER_PROMPT_LEARNER else self.model
+        trainable = freeze_all_but_trained(self.model, self.spec.trained, self.model.clip_model)
+        print(f"Parameters to be updated: {set(trainable)}")
+        module = self.registered_module()
         if cfg.MODEL.INIT_WEIGHTS:
             load_pretrained_weights(module, cfg.MODEL.INIT_WEIGHTS)
         self.model.to(self.device)
-        # The prompts only: the same updates as the official optimizer over the whole model (frozen tensors get
-        # no gradient), without optimizer state for the frozen CLIP.
+        # The trained parts only: the same updates as the official optimizer over the whole model (frozen tensors
+        # get no gradient), without optimizer state for the frozen CLIP.
         self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], cfg.OPTIM)
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model(self.MODEL_NAME, module, self.optim, self.sched, self.precision.scaler)
+        print(f"Trained parameters: {trained_parameter_count(self):,}")
+
+    def registered_module(self) -> nn.Module:
+        """What is checkpointed under MODEL_NAME: the prompt learner (CoOp/CoCoOp's official layout), else the
+        whole model, of which the checkpoint keeps the trained parameters and the buffers."""
+        if not self.REGISTER_PROMPT_LEARNER:
+            return self.model
+        outside = [p for p in self.spec.trained if not (p == "prompt_learner" or p.startswith("prompt_learner."))]
+        if outside:
+            raise ConfigError(f"{type(self).__name__} registers only its prompt learner (REGISTER_PROMPT_LEARNER) "
+                              f"but declares trained parts outside it: {outside}")
+        return self.model.prompt_learner
 
     def parse_batch_train(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.to_device(batch["img"]), self.to_device(batch["label"])

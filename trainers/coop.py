@@ -9,6 +9,7 @@ from dassl.engine import TRAINER_REGISTRY
 from dassl.metrics import compute_accuracy
 
 from .common import PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, init_text_context
+from .method import MethodSpec
 
 CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 
@@ -53,6 +54,7 @@ class CoOp(PromptTrainer):
     METHOD_KEY = "COOP"
     MODEL_NAME = "prompt_learner"
     REGISTER_PROMPT_LEARNER = True
+    SPEC = MethodSpec(default_config="vit_b16", protocol_configs={"xd": "vit_b16_ep50"})
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         learner = PromptLearner(self.cfg, classnames, clip_model)

@@ -11,6 +11,7 @@ from dassl.engine import TRAINER_REGISTRY
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, check_depth,
                      check_vision_prompt_tokens, init_text_context,
                      prompt_parameters, vision_width)
+from .method import MethodSpec
 
 
 class VLPromptLearner(TextPromptLearner):
@@ -54,6 +55,7 @@ class VLPromptLearner(TextPromptLearner):
 class IVLP(PromptTrainer):
     METHOD_KEY = "IVLP"
     MODEL_NAME = "VLPromptLearner"
+    SPEC = MethodSpec(default_config="vit_b16_c2_ep5_batch4_2+2ctx")
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         learner = VLPromptLearner(self.cfg, classnames, clip_model)

@@ -51,6 +51,7 @@ from dassl.utils.distributed import evaluate_gathered, is_distributed
 from dassl.utils.errors import InputError
 
 from .common import Precision, check_input_size, check_precision, load_clip_model
+from .method import FIT, MethodSpec
 
 # lpclip's coarse grid of C (linear_probe.py), searched from the strongest regularisation's opposite end.
 LPCLIP_C_GRID = (1e6, 1e4, 1e2, 1.0, 1e-2, 1e-4, 1e-6)
@@ -312,17 +313,16 @@ class LinearHead(nn.Module):
 class LinearProbeCLIP(TrainerX):
     """CLIP's linear probe (CoOp's lpclip/ protocol); see the module docstring."""
 
-    # What a generic harness needs to know about this method, said here once (scripts/methods.py reads it):
-    # it scores only classes it was trained on: no base-to-novel, no cross-dataset targets; domain
-    # generalisation targets only when all their classes are among its training classes.
-    TRANSFERS_TO_UNSEEN_CLASSES = False
-    # TRAINER.LINEAR_PROBE.PREC is the precision of the feature extraction (any of fp16 / fp32 / amp / bf16);
-    # the classifier is always fitted and applied in float64 by scikit-learn / numpy.
-    PRECISION_KEY = "TRAINER.LINEAR_PROBE.PREC"
-    # The fit is one scikit-learn call in one process: no torchrun, no optimizer, no LR schedule; the whole
-    # fit happens in the first epoch (OPTIM.MAX_EPOCH 1 in its configs) and a run interrupted before its
-    # checkpoint restarts the fit from the cached features.
-    DISTRIBUTED = False
+    # What a generic harness needs to know about this method (trainers/method.py):
+    # - trained: the registered head, fitted (no gradients) in one pass in the first epoch (OPTIM.MAX_EPOCH 1 in
+    #   its configs); a run interrupted before its checkpoint restarts the fit from the cached features;
+    # - it scores only classes it was trained on: no base-to-novel, no cross-dataset targets; domain
+    #   generalisation targets only when all their classes are among its training classes;
+    # - TRAINER.LINEAR_PROBE.PREC is the precision of the feature extraction (any of fp16 / fp32 / amp / bf16);
+    #   the classifier is always fitted and applied in float64 by scikit-learn / numpy;
+    # - one scikit-learn call in one process: no torchrun, no optimizer, no LR schedule.
+    SPEC = MethodSpec(trained=(HEAD_NAME,), training=FIT, transfers_to_unseen=False,
+                      precision_key="TRAINER.LINEAR_PROBE.PREC", default_config="vit_b16", distributed=False)
 
     @staticmethod
     def extend_cfg(cfg) -> None:
@@ -336,7 +336,7 @@ class LinearProbeCLIP(TrainerX):
 
     def check_cfg(self, cfg) -> None:
         probe = cfg.TRAINER.LINEAR_PROBE
-        check_precision(probe.PREC, self.PRECISION_KEY)
+        check_precision(probe.PREC, self.SPEC.precision_key)
         if probe.SAMPLING not in SAMPLINGS:
             raise ConfigError(f"TRAINER.LINEAR_PROBE.SAMPLING must be one of {', '.join(SAMPLINGS)}; got {probe.SAMPLING!r}")
         numbers = all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in probe.C_GRID)
@@ -358,7 +358,7 @@ class LinearProbeCLIP(TrainerX):
 
     def build_model(self) -> None:
         cfg = self.cfg
-        self.precision = Precision(cfg.TRAINER.LINEAR_PROBE.PREC, self.device, self.PRECISION_KEY)
+        self.precision = Precision(cfg.TRAINER.LINEAR_PROBE.PREC, self.device, self.SPEC.precision_key)
         self.clip_model = load_clip_model(cfg, self.precision)
         check_input_size(cfg, self.clip_model)
         self.clip_model.to(self.device).eval().requires_grad_(False)

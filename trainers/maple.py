@@ -10,6 +10,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, TextPromptLearner, check_depth, init_text_context,
                      prompt_parameters, round_to_dtype_, vision_width)
+from .method import MethodSpec
 
 
 class MultiModalPromptLearner(TextPromptLearner):
@@ -50,6 +51,8 @@ class MultiModalPromptLearner(TextPromptLearner):
 class MaPLe(PromptTrainer):
     METHOD_KEY = "MAPLE"
     MODEL_NAME = "MultiModalPromptLearner"
+    SPEC = MethodSpec(default_config="vit_b16_c2_ep5_batch4_2ctx",
+                      protocol_configs={"xd": "vit_b16_c2_ep5_batch4_2ctx_cross_datasets"})
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         learner = MultiModalPromptLearner(self.cfg, classnames, clip_model)

@@ -39,6 +39,7 @@ from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, cosine_logits, e
                      l2_normalize)
 from .imagenet_templates import IMAGENET_TEMPLATES
 from .independentVL import VLPromptLearner
+from .method import MethodSpec
 
 # OpenAI's ImageNet templates with "a photo of a {}." moved to the front, truncated to 60 (the official
 # PromptSRC list: items 39, 0..38, 40..59 of IMAGENET_TEMPLATES).
@@ -190,6 +191,10 @@ def promptsrc_loss(outputs: PromptSRCOutputs, label: torch.Tensor, text_weight: 
 class PromptSRC(PromptTrainer):
     METHOD_KEY = "PROMPTSRC"
     MODEL_NAME = "VLPromptLearner"
+    # The official PromptSRC xd scripts name an "ep5" file that does not exist (PROTOCOL §8 item 27).
+    SPEC = MethodSpec(default_config="vit_b16_c2_ep20_batch4_4+4ctx",
+                      protocol_configs={"xd": "vit_b16_c2_ep20_batch4_4+4ctx_cross_datasets",
+                                        "fewshot": "vit_b16_c2_ep50_batch4_4+4ctx_few_shot"})
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         node = self.method_cfg

@@ -9,6 +9,7 @@ from dassl.engine import TRAINER_REGISTRY
 
 from .common import (FixedTextLearner, PromptedCLIP, PromptTrainer, SpeedOptions, check_depth,
                      check_vision_prompt_tokens, encode_class_templates, prompt_parameters, vision_width)
+from .method import MethodSpec
 
 TEXT_TEMPLATE = "a photo of a {}."
 
@@ -37,6 +38,7 @@ class VisionPromptLearner(FixedTextLearner):
 class VPT(PromptTrainer):
     METHOD_KEY = "VPT"
     MODEL_NAME = "prompt_learner"
+    SPEC = MethodSpec(default_config="vit_b16_c2_ep5_batch4_4")
 
     def build_custom_clip(self, clip_model: nn.Module, classnames: Sequence[str]) -> PromptedCLIP:
         options = SpeedOptions.from_cfg(self.cfg)

@@ -8,6 +8,7 @@ from dassl.engine import TRAINER_REGISTRY, TrainerX
 from .common import (FixedTextLearner, Precision, PromptedCLIP, SpeedOptions, check_input_size, check_precision,
                      encode_class_templates, load_clip_model)
 from .imagenet_templates import IMAGENET_TEMPLATES_SELECT
+from .method import NOTHING, MethodSpec
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a photo of a {}, a type of pet.",
@@ -36,15 +37,19 @@ def dataset_template(dataset_name: str) -> str:
 
 @TRAINER_REGISTRY.register()
 class ZeroshotCLIP(TrainerX):
+    # Nothing is trained; it runs on CoOp's configs, as in the official zsclip script.
+    SPEC = MethodSpec(trained=(), training=NOTHING, precision_key="TRAINER.COOP.PREC", config_dir="CoOp",
+                      default_config="vit_b16")
+
     def check_cfg(self, cfg) -> None:
-        check_precision(cfg.TRAINER.COOP.PREC, "TRAINER.COOP.PREC")
+        check_precision(cfg.TRAINER.COOP.PREC, self.SPEC.precision_key, self.SPEC.precisions)
 
     def templates(self) -> list[str]:
         return [dataset_template(self.cfg.DATASET.NAME)]
 
     def build_model(self) -> None:
         cfg = self.cfg
-        self.precision = Precision(cfg.TRAINER.COOP.PREC, self.device, "TRAINER.COOP.PREC")
+        self.precision = Precision(cfg.TRAINER.COOP.PREC, self.device, self.SPEC.precision_key)
         clip_model = load_clip_model(cfg, self.precision)
         check_input_size(cfg, clip_model)
         clip_model.to(self.device)

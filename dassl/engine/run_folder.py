@@ -3,11 +3,16 @@ is the folder's identity: a later command may resume the run, evaluate it again 
 when every result-deciding key of its own config is the same. Otherwise it stops before touching the folder,
 naming the keys that differ; `--force` (the scripts' FORCE=1) moves the old run aside and starts over.
 
-What cannot change a run's numbers is listed once, in NON_RESULT_KEYS; every other key decides the result.
+What cannot change a run's numbers is listed once, in NON_RESULT_KEYS; every other key decides the result,
+except where the `RunIdentity` of the command says it cannot have changed this run's numbers:
+- a key absent from one config and at its default in the other (a method or a key added since the old run);
+- a key of another method's config node (`TRAINER.<NODE>.*` of a node this run's trainer does not read).
+So adding a method with keys of its own leaves every earlier run folder recognised.
 """
 import os
 import os.path as osp
-from typing import Any, Dict, List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Any, Collection, Dict, List, Optional, Tuple
 
 import yaml
 
@@ -80,10 +85,33 @@ def read_run_config(folder: str) -> Optional[Dict[str, Any]]:
     return flatten(loaded)
 
 
-def differing_keys(old: Dict[str, Any], new: Dict[str, Any]) -> List[Tuple[str, Any, Any]]:
+@dataclass(frozen=True)
+class RunIdentity:
+    """What, besides NON_RESULT_KEYS, cannot decide this run's result. `defaults`: the flattened default config
+    of this command (before any YAML or override); `other_nodes`: the TRAINER.<NODE> nodes of methods other
+    than this run's trainer (empty when its own nodes are unknown: then every node counts)."""
+
+    defaults: Dict[str, Any] = field(default_factory=dict)
+    other_nodes: Collection[str] = ()
+
+    def counts(self, key: str, old: Dict[str, Any], new: Dict[str, Any]) -> bool:
+        if not decides_result(key) or any(key.startswith(f"TRAINER.{node}.") for node in self.other_nodes):
+            return False
+        old_value, new_value = old.get(key, _ABSENT), new.get(key, _ABSENT)
+        if old_value == new_value:
+            return False
+        if _ABSENT not in (old_value, new_value):
+            return True
+        # absent on one side and at its default on the other: the key did not exist when that run was made
+        present = new_value if old_value == _ABSENT else old_value
+        return self.defaults.get(key, _ABSENT) != present
+
+
+def differing_keys(old: Dict[str, Any], new: Dict[str, Any],
+                   identity: RunIdentity = RunIdentity()) -> List[Tuple[str, Any, Any]]:
     """(key, old value, new value) of every result-deciding key that differs, sorted by key."""
     return [(key, old.get(key, _ABSENT), new.get(key, _ABSENT)) for key in sorted(set(old) | set(new))
-            if decides_result(key) and old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+            if identity.counts(key, old, new)]
 
 
 def checkpoint_files(folder: str) -> List[str]:
@@ -111,7 +139,8 @@ def remedies(folder: str) -> str:
             f"{aside_path(folder)} and start over")
 
 
-def check_run_folder(cfg, folder: str, role: str = "the output folder") -> bool:
+def check_run_folder(cfg, folder: str, role: str = "the output folder",
+                     identity: RunIdentity = RunIdentity()) -> bool:
     """Whether `folder` already holds this config's run (True: resume or evaluate it again; False: it holds no
     run). Raises RunFolderError, before anything is written, when it holds another run or checkpoints whose
     config is unknown."""
@@ -124,7 +153,7 @@ def check_run_folder(cfg, folder: str, role: str = "the output folder") -> bool:
             f'{role} "{folder}" holds checkpoints ({found[0]}, ...) but no {CONFIG_FILE_NAME}, so it cannot be told '
             f"whether they were trained with this config (a folder of another program or an older version); "
             f"{remedies(folder)}")
-    differences = differing_keys(old, config_values(cfg))
+    differences = differing_keys(old, config_values(cfg), identity)
     if differences:
         listed = ", ".join(f"{key} {old_value!r} -> {new_value!r}" for key, old_value, new_value in differences)
         raise RunFolderError(f'{role} "{folder}" holds another run: its {CONFIG_FILE_NAME} differs in {listed}; '
