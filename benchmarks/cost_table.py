@@ -13,9 +13,9 @@ figures and says so. Inputs are random tensors, so data loading is in no figure;
 
 Backbone and configs: by default the demo backbone with each trainer's `demo` config (`--config NAME` picks
 another config of every trainer's folder); `--vit-b16` uses randomly initialised ViT-B/16 weights ("RandomInit-
-ViT-B/16") with each trainer's official base-to-novel config (scripts/lib.sh's default), the shapes behind the
-papers' parameter counts. A trainer without a folder of configs uses the folder of the trainer whose config node
-holds its precision (zero-shot CLIP: CoOp's, as the scripts do).
+ViT-B/16") with each trainer's official base-to-novel config (its SPEC's, as the scripts take it), the shapes behind the
+papers' parameter counts. The config folder is the one the trainer's SPEC names (zero-shot CLIP: CoOp's, as
+the scripts use).
 
 Each trainer is measured in a fresh process (its peak memory is its own); `--in-process` measures all in this
 one, faster, but the CPU memory figures are then this process's running peak.
@@ -27,7 +27,6 @@ import csv
 import json
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import traceback
@@ -37,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_trainers import cpu_model, resolve_device  # noqa: E402
-from benchmarks.measure import REPO, Spec, precision_key, run_in_child  # noqa: E402
+from benchmarks.measure import REPO, Spec, run_in_child  # noqa: E402
 
 VIT_B16 = "ViT-B/16"
 MIB = 1024 ** 2
@@ -80,36 +79,17 @@ def registered_trainers() -> list[str]:
     return [n for n in METHOD_ORDER if n in names] + sorted(n for n in names if n not in METHOD_ORDER)
 
 
-def config_folder(trainer: str) -> str:
-    """configs/trainers/<trainer>, or the folder of the trainer whose config node holds this one's precision."""
-    from dassl.engine import TRAINER_REGISTRY
-
-    folder = os.path.join(REPO, "configs", "trainers", trainer)
-    if os.path.isdir(folder):
-        return folder
-    node = precision_key(trainer).split(".")[1]
-    for name in TRAINER_REGISTRY.registered_names():
-        owner = os.path.join(REPO, "configs", "trainers", name)
-        if getattr(TRAINER_REGISTRY.get(name), "METHOD_KEY", "") == node and os.path.isdir(owner):
-            return owner
-    raise FileNotFoundError(f"no config folder for {trainer}: configs/trainers/{trainer}/ does not exist and no "
-                            f"trainer with a folder owns its precision key {precision_key(trainer)}")
-
-
-def official_config(folder_trainer: str) -> str:
-    """The base-to-novel config the scripts give this trainer (scripts/lib.sh's default_cfg)."""
-    command = 'source scripts/lib.sh && default_cfg base2new "$0"'
-    result = subprocess.run(["bash", "-c", command, folder_trainer], cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise FileNotFoundError(f"scripts/lib.sh names no base-to-novel config for {folder_trainer}: "
-                                f"{result.stderr.strip()}; give --config")
-    return result.stdout.strip()
-
-
 def config_file(trainer: str, args: argparse.Namespace) -> str:
-    folder = config_folder(trainer)
-    name = args.config or (official_config(os.path.basename(folder)) if args.vit_b16 else "demo")
-    path = os.path.join(folder, f"{name}.yaml")
+    """configs/trainers/<the SPEC's folder>/<name>.yaml: `--config`, else `demo`, else with --vit-b16 the SPEC's
+    base-to-novel config (the scripts' default)."""
+    from dassl.engine import TRAINER_REGISTRY
+    from trainers.method import spec_of
+
+    spec = spec_of(TRAINER_REGISTRY.get(trainer))
+    name = args.config or (spec.config_for("base2new") if args.vit_b16 else "demo")
+    if not name:
+        raise FileNotFoundError(f"{trainer}'s SPEC declares no base-to-novel config: give --config")
+    path = os.path.join(REPO, "configs", "trainers", spec.config_dir, f"{name}.yaml")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no config {os.path.relpath(path, REPO)} for {trainer}")
     return path
@@ -147,12 +127,11 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
     return results
 
 
+TRAINING_KINDS = {"epochs": "steps", "fit": "one-pass fit", "nothing": "nothing trained"}  # MethodSpec.training
+
+
 def training_kind(result: dict) -> str:
-    if "trainable_params" not in result:
-        return ""
-    if result["trains_by_steps"]:
-        return "steps"
-    return "one-pass fit" if result["trainable_params"] else "nothing trained"
+    return TRAINING_KINDS.get(result.get("training", ""), result.get("training", ""))
 
 
 def csv_row(result: dict) -> dict:

@@ -3,8 +3,8 @@ benchmarks/cost_table.py): trainable parameters, forward FLOPs per training and 
 training and in evaluation, and peak memory, each phase through the trainer's own methods (`build_model`,
 `forward_backward`, `model_inference`) on random inputs, as benchmarks/measure.py times them.
 
-- Trainable parameters: the parameters with requires_grad of the registered models once the trainer has built
-  them (a fitted classifier such as the linear probe's counts too: it is what the method learns).
+- Trainable parameters: what the trainer's SPEC declares it trains, counted in its built registered models
+  (`trainers.method.trained_parameter_count`; a fitted classifier such as the linear probe's counts too).
 - Forward FLOPs (torch.utils.flop_counter: matrix products, convolutions, attention; 2 per multiply-add):
   training, the forward of one training batch (`training_loss` where the trainer has one, its model in
   training mode otherwise) over the batch size: the text side each step encodes is shared by the batch;
@@ -24,25 +24,10 @@ from dataclasses import asdict
 from benchmarks.measure import (Spec, build_trainer_on_classes, child_main, counted_flops, load_classnames, machine,
                                 peak_memory, prepare_process, random_images, reset_cuda_peaks, time_evaluation,
                                 time_training)
+from trainers.method import EPOCHS, spec_of, trained_parameter_count
 
 PARAMS_ONLY = "params"  # the phase of a spec that counts parameters only (Spec.phase "costs": everything)
 FLOP_TEST_IMAGES = 2  # test FLOPs per image do not depend on the batch: a small one is counted
-
-
-def trainable_parameters(trainer) -> int:
-    """Elements of the registered models' parameters that require gradients (each tensor counted once)."""
-    seen, total = set(), 0
-    for name in trainer.get_model_names():
-        for param in trainer._models[name].parameters():
-            if param.requires_grad and id(param) not in seen:
-                seen.add(id(param))
-                total += param.numel()
-    return total
-
-
-def trains_by_steps(trainer) -> bool:
-    """Whether a registered model has an optimizer (the linear probe fits in one pass, zero-shot CLIP learns nothing)."""
-    return any(trainer._optims.get(name) is not None for name in trainer.get_model_names())
 
 
 def training_batch(trainer, cfg) -> dict:
@@ -93,12 +78,14 @@ def memory_figure(device, memory: dict) -> int:
 
 def measure_costs(spec: Spec) -> dict:
     """Every cost of `spec.trainer` on `spec.classes` class names (only the parameters for the phase
-    PARAMS_ONLY); training figures are None for a trainer that does not train by steps."""
+    PARAMS_ONLY); training figures are None for a trainer whose SPEC says it does not train by epochs of steps
+    (a one-pass fit, or nothing)."""
     cfg = prepare_process(spec)
     trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
     device = trainer.device
+    training = spec_of(type(trainer)).training
     result = {"spec": asdict(spec), "trainer": spec.trainer, "backbone": cfg.MODEL.BACKBONE.NAME,
-              "trainable_params": trainable_parameters(trainer), "trains_by_steps": trains_by_steps(trainer),
+              "trainable_params": trained_parameter_count(trainer), "training": training,
               "train_batch_size": cfg.DATALOADER.TRAIN_X.BATCH_SIZE, "test_batch_size": cfg.DATALOADER.TEST.BATCH_SIZE,
               "machine": machine(device)}
     if spec.phase == PARAMS_ONLY:
@@ -112,7 +99,7 @@ def measure_costs(spec: Spec) -> dict:
     result.update(test_flops_per_image=later / FLOP_TEST_IMAGES, test_flops_once_per_evaluation=first - later)
 
     result.update(train_images_per_s=None, train_flops_per_image=None, peak_memory_train_bytes=None)
-    if result["trains_by_steps"]:
+    if training == EPOCHS:
         reset_cuda_peaks(device)
         wall, _ = time_training(trainer, cfg, spec.warmup, spec.steps)
         result.update(train_images_per_s=cfg.DATALOADER.TRAIN_X.BATCH_SIZE / statistics.median(wall),

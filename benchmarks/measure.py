@@ -69,14 +69,12 @@ def plain_opts(cfg) -> list[str]:
 
 
 def precision_key(trainer_name: str) -> str:
-    """The config key holding a trainer's precision (the zero-shot trainers use the CoOp node)."""
+    """The config key holding a trainer's precision, as its SPEC declares it (the zero-shot trainers use the
+    CoOp node; a trainer declaring none: TRAINER.COOP.PREC, harmless to set)."""
     from dassl.engine import TRAINER_REGISTRY
+    from trainers.method import spec_of
 
-    trainer = TRAINER_REGISTRY.get(trainer_name)
-    if getattr(trainer, "PRECISION_KEY", ""):  # a trainer whose precision lives elsewhere says so (the probe)
-        return trainer.PRECISION_KEY
-    method = getattr(trainer, "METHOD_KEY", "") or "COOP"
-    return f"TRAINER.{method}.PREC"
+    return spec_of(TRAINER_REGISTRY.get(trainer_name)).precision_key or "TRAINER.COOP.PREC"
 
 
 def build_cfg(spec: Spec):

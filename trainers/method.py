@@ -179,9 +179,13 @@ def trained_parameter_count(trainer) -> int:
     prefixes = spec_of(type(trainer)).trained
     seen, total = set(), 0
     for registered in trainer.get_model_names():
-        for name, param in trainer._models[registered].named_parameters():
-            chosen = (is_trained(name, prefixes) or is_trained(f"{registered}.{name}", prefixes) if prefixes
-                      else param.requires_grad)
+        named = list(trainer._models[registered].named_parameters())
+        # A model whose own names hold the prefixes is judged by them alone: VPT registers its whole model under
+        # the name "prompt_learner", which must not make "prompt_learner.clip_model.*" count as trained.
+        own_names = any(is_trained(name, prefixes) for name, _ in named)
+        for name, param in named:
+            full_name = name if own_names else f"{registered}.{name}"
+            chosen = is_trained(full_name, prefixes) if prefixes else param.requires_grad
             if chosen and id(param) not in seen:
                 seen.add(id(param))
                 total += param.numel()
