@@ -1,8 +1,8 @@
 """The cost of every registered trainer on the current device, as Markdown and CSV:
 
     python -m benchmarks.cost_table --out DIR [--vit-b16] [--config NAME] [--trainers NAME ...] [--classes N]
-        [--prec fp32] [--device auto|cpu|cuda] [--warmup 2] [--steps 10] [--eval-images 500] [--in-process]
-        [--params-only] [--readme README.md]
+        [--shots 16] [--prec fp32] [--device auto|cpu|cuda] [--warmup 2] [--steps 10] [--eval-images 500]
+        [--in-process] [--params-only] [--readme README.md]
 
 Columns: trainable parameters, forward FLOPs per training image and per test image (and the test side's
 once-per-evaluation FLOPs), images/s in training and in evaluation, peak memory in each (benchmarks/costs.py
@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --vit-b16 the official base-to-novel one)")
     parser.add_argument("--trainers", nargs="*", default=[], help="only these registered trainers (default: all)")
     parser.add_argument("--classes", type=int, default=10, help="number of classes (first ImageNet names; default 10)")
+    parser.add_argument("--shots", type=int, default=16,
+                        help="training images per class a method may size itself by (Tip-Adapter's cache; default 16)")
     parser.add_argument("--prec", default="fp32", help="every trainer's PREC (fp32, fp16, amp, bf16; default fp32)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--warmup", type=int, default=2, help="training steps before timing (default 2)")
@@ -113,7 +115,8 @@ def measure_all(args: argparse.Namespace) -> list[dict]:
                 path = config_file(trainer, args)
                 result["config"] = os.path.relpath(path, REPO)
                 spec = Spec(trainer, path, VIT_B16 if args.vit_b16 else "", args.classes, PARAMS_ONLY if args.params_only else "costs", prec=args.prec,
-                            warmup=args.warmup, steps=args.steps, eval_images=args.eval_images, device=device)
+                            warmup=args.warmup, steps=args.steps, eval_images=args.eval_images, device=device,
+                            shots=args.shots)
                 result.update(measure_costs(spec) if args.in_process else
                               run_in_child(spec, workdir, trainer, module="benchmarks.costs"))
             except Exception as error:  # noqa: BLE001 — one trainer's failure is its row, the others still run
@@ -205,7 +208,8 @@ def header_lines(args: argparse.Namespace, results: list[dict], argv: list[str],
         "",
         f"Command: `python -m benchmarks.cost_table {' '.join(argv)}`",
         f"Device: {device}; torch {info.get('torch', '?')}; backbone {backbone}; PREC {args.prec}; "
-        f"{args.classes} classes (ImageNet names); random inputs. Load average (1 / 5 / 15 min) before: "
+        f"{args.classes} classes (ImageNet names), a training set of {args.shots} shots per class (a cache model's "
+        f"size); random inputs. Load average (1 / 5 / 15 min) before: "
         f"{load_text(loads[0])}, after: {load_text(loads[1])} (other processes on the cores slow every figure of speed).",
         "FLOPs: forward only (torch.utils.flop_counter, 2 per multiply-add); per training image = a training "
         "batch's forward over its size; per test image = a later evaluation batch's over its size, the class "

@@ -81,7 +81,7 @@ def measure_costs(spec: Spec) -> dict:
     PARAMS_ONLY); training figures are None for a trainer whose SPEC says it does not train by epochs of steps
     (a one-pass fit, or nothing)."""
     cfg = prepare_process(spec)
-    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
+    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes), spec.shots)
     device = trainer.device
     training = spec_of(type(trainer)).training
     result = {"spec": asdict(spec), "trainer": spec.trainer, "backbone": cfg.MODEL.BACKBONE.NAME,

@@ -45,6 +45,7 @@ class Spec:
     opts: list = field(default_factory=list)  # extra KEY VALUE config overrides (applied last)
     disabled: list = field(default_factory=list)  # TRAINER.SPEEDUPS keys switched off: "all speed-ups but these"
     count_flops: bool = False  # also count the measured work's floating-point operations (one more untimed run)
+    shots: int = 16  # training images per class of the stand-in training set (sizes a cache model such as Tip-Adapter's)
 
 
 def load_classnames(count: int, path: str = CLASSNAMES_FILE) -> list[str]:
@@ -110,17 +111,23 @@ def build_cfg(spec: Spec):
     return cfg
 
 
-def build_trainer_on_classes(cfg, classnames: list[str]):
-    """The registered trainer `cfg.TRAINER.NAME`, with a stand-in for the DataManager that only knows the
-    class names (everything a trainer's build_model reads from its data)."""
+def build_trainer_on_classes(cfg, classnames: list[str], shots: int = 16):
+    """The registered trainer `cfg.TRAINER.NAME`, with a stand-in for the DataManager that knows the class names
+    and the shape of a `shots`-per-class training set (what a trainer's build_model reads from its data: a
+    cache model such as Tip-Adapter's is sized by the training labels and its schedule by the loader's length);
+    no image is ever read."""
     from dassl.engine import TRAINER_REGISTRY
 
     base = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    train_x = [SimpleNamespace(impath="", label=label, domain=0, classname=name)
+               for label, name in enumerate(classnames) for _ in range(shots)]
+    batches = math.ceil(len(train_x) / max(cfg.DATALOADER.TRAIN_X.BATCH_SIZE, 1))
 
     class OnClassNames(base):
         def build_data_loader(self) -> None:
-            self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=list(classnames)))
-            self.train_loader_x = self.train_loader_u = self.val_loader = self.test_loader = None
+            self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=list(classnames), train_x=train_x))
+            self.train_loader_u = self.val_loader = self.test_loader = None
+            self.train_loader_x = [None] * batches  # its length only (batches per epoch): never iterated
             self.num_classes = len(classnames)
             self.num_source_domains = 1
             self.lab2cname = dict(enumerate(classnames))
@@ -334,7 +341,7 @@ def measure(spec: Spec) -> dict:
         raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
     cfg = prepare_process(spec)
     start = time.perf_counter()
-    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
+    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes), spec.shots)
     build_s = time.perf_counter() - start
     result = {"spec": asdict(spec), "build_s": build_s, "rss_after_build_bytes": _status_bytes("VmRSS")}
     # Per phase: the build (CLIP weights, prompts) on its own, then the measured phase from a reset peak, so
