@@ -136,7 +136,7 @@ def load_prompted_clip(model_dir: str, classnames: Optional[Sequence[str]] = Non
     (which must then be present under DATASET.ROOT). `imports` are the modules the run was trained with
     `--import` (a trainer file of another repository), imported under train.py's rules.
     """
-    run_dir, checkpoint_file = _split_model_path(model_dir)
+    run_dir, checkpoint_file = split_model_path(model_dir)
     if checkpoint_file and epoch is not None:
         raise InputError(f"{model_dir} names one checkpoint file, which is the one loaded; drop epoch={epoch} "
                          "(or give the run folder with epoch)")
@@ -239,7 +239,7 @@ class _NoDataMixin:
         self.lab2cname = dict(enumerate(self.classnames))
 
 
-def _split_model_path(path: str) -> Tuple[str, Optional[str]]:
+def split_model_path(path: str) -> Tuple[str, Optional[str]]:
     """(run folder, checkpoint file or None) of an output folder or of a checkpoint file `<run>/<model name>/<file>`."""
     if osp.isdir(path):
         return path, None
@@ -248,7 +248,7 @@ def _split_model_path(path: str) -> Tuple[str, Optional[str]]:
     raise FileNotFoundError(f"model directory or checkpoint file not found: {path}")
 
 
-def _latest_epoch(folder: str) -> Optional[int]:
+def latest_epoch(folder: str) -> Optional[int]:
     """The epoch of the checkpoint a run saved last: the one its `checkpoint` pointer names (None for
     model-best.pth.tar), else the highest."""
     pointer = osp.join(folder, "checkpoint")
@@ -277,7 +277,7 @@ def _load_weights(trainer, source: str, epoch: Optional[int], classnames: List[s
         path = source
     else:
         if epoch is None:
-            epoch = _latest_epoch(osp.join(source, names[0]))
+            epoch = latest_epoch(osp.join(source, names[0]))
         path = osp.join(source, names[0], _BEST_FILE if epoch is None else f"model.pth.tar-{epoch}")
     try:
         with _quiet(verbose):

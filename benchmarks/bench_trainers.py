@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 from dataclasses import asdict
@@ -31,7 +30,7 @@ from typing import Iterable, Optional
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.measure import REPO, Spec  # noqa: E402
+from benchmarks.measure import ChildFailed, Spec, run_in_child  # noqa: E402
 
 GIB = 1024 ** 3
 
@@ -101,16 +100,10 @@ def path_name(spec: dict) -> str:
 
 def run_child(spec: Spec, workdir: str, index: int) -> dict:
     """Measure `spec` in a fresh interpreter; its output is shown only if it fails."""
-    spec_file = os.path.join(workdir, f"spec{index}.json")
-    result_file = os.path.join(workdir, f"result{index}.json")
-    with open(spec_file, "w", encoding="utf-8") as f:
-        json.dump(asdict(spec), f)
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", spec_file, result_file], cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"measurement {describe(spec)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
-    with open(result_file, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        return run_in_child(spec, workdir, f"run{index}")
+    except ChildFailed as error:
+        raise SystemExit(f"measurement {describe(spec)} failed ({error})") from error
 
 
 def describe(spec: Spec) -> str:

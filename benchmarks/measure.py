@@ -12,11 +12,12 @@ import math
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
-from typing import Optional
+from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSNAMES_FILE = os.path.join(REPO, "benchmarks", "imagenet_classnames.txt")
@@ -31,7 +32,7 @@ class Spec:
 
     trainer: str
     config_file: str
-    arch: str  # an OpenAI architecture name, e.g. "ViT-B/16"; the weights are "RandomInit-<arch>"
+    arch: str  # an OpenAI architecture name, e.g. "ViT-B/16"; the weights are "RandomInit-<arch>" ("": the config's)
     classes: int
     phase: str  # "train" or "eval"
     plain: bool = False  # every TRAINER.SPEEDUPS switch off and no evaluation chunking
@@ -44,6 +45,7 @@ class Spec:
     opts: list = field(default_factory=list)  # extra KEY VALUE config overrides (applied last)
     disabled: list = field(default_factory=list)  # TRAINER.SPEEDUPS keys switched off: "all speed-ups but these"
     count_flops: bool = False  # also count the measured work's floating-point operations (one more untimed run)
+    shots: int = 16  # training images per class of the stand-in training set (sizes a cache model such as Tip-Adapter's)
 
 
 def load_classnames(count: int, path: str = CLASSNAMES_FILE) -> list[str]:
@@ -68,11 +70,12 @@ def plain_opts(cfg) -> list[str]:
 
 
 def precision_key(trainer_name: str) -> str:
-    """The config key holding a trainer's precision (the zero-shot trainers use the CoOp node)."""
+    """The config key holding a trainer's precision, as its SPEC declares it (the zero-shot trainers use the
+    CoOp node; a trainer declaring none: TRAINER.COOP.PREC, harmless to set)."""
     from dassl.engine import TRAINER_REGISTRY
+    from trainers.method import spec_of
 
-    method = getattr(TRAINER_REGISTRY.get(trainer_name), "METHOD_KEY", "") or "COOP"
-    return f"TRAINER.{method}.PREC"
+    return spec_of(TRAINER_REGISTRY.get(trainer_name)).precision_key or "TRAINER.COOP.PREC"
 
 
 def build_cfg(spec: Spec):
@@ -80,14 +83,16 @@ def build_cfg(spec: Spec):
     import train
     from clip.random_models import RANDOM_MODELS, RANDOM_PREFIX
 
-    backbone = RANDOM_PREFIX + spec.arch
-    if backbone not in RANDOM_MODELS:
-        names = sorted(name[len(RANDOM_PREFIX):] for name in RANDOM_MODELS)
-        raise ValueError(f"unknown architecture {spec.arch!r}; valid: {', '.join(names)}")
-    resolution = RANDOM_MODELS[backbone].image_resolution
+    opts = []
+    if spec.arch:
+        backbone = RANDOM_PREFIX + spec.arch
+        if backbone not in RANDOM_MODELS:
+            names = sorted(name[len(RANDOM_PREFIX):] for name in RANDOM_MODELS)
+            raise ValueError(f"unknown architecture {spec.arch!r}; valid: {', '.join(names)}")
+        resolution = RANDOM_MODELS[backbone].image_resolution
+        opts = ["MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({resolution}, {resolution})"]
     train.import_plugins([])
-    opts = ["MODEL.BACKBONE.NAME", backbone, "INPUT.SIZE", f"({resolution}, {resolution})",
-            precision_key(spec.trainer), spec.prec, "USE_CUDA", str(spec.device == "cuda"), "SEED", str(spec.seed)]
+    opts += [precision_key(spec.trainer), spec.prec, "USE_CUDA", str(spec.device == "cuda"), "SEED", str(spec.seed)]
     args = ["--trainer", spec.trainer, "--config-file", spec.config_file]
     cfg = train.setup_cfg(train.build_parser().parse_args(args + opts))
     if spec.plain:
@@ -106,17 +111,23 @@ def build_cfg(spec: Spec):
     return cfg
 
 
-def build_trainer_on_classes(cfg, classnames: list[str]):
-    """The registered trainer `cfg.TRAINER.NAME`, with a stand-in for the DataManager that only knows the
-    class names (everything a trainer's build_model reads from its data)."""
+def build_trainer_on_classes(cfg, classnames: list[str], shots: int = 16):
+    """The registered trainer `cfg.TRAINER.NAME`, with a stand-in for the DataManager that knows the class names
+    and the shape of a `shots`-per-class training set (what a trainer's build_model reads from its data: a
+    cache model such as Tip-Adapter's is sized by the training labels and its schedule by the loader's length);
+    no image is ever read."""
     from dassl.engine import TRAINER_REGISTRY
 
     base = TRAINER_REGISTRY.get(cfg.TRAINER.NAME)
+    train_x = [SimpleNamespace(impath="", label=label, domain=0, classname=name)
+               for label, name in enumerate(classnames) for _ in range(shots)]
+    batches = math.ceil(len(train_x) / max(cfg.DATALOADER.TRAIN_X.BATCH_SIZE, 1))
 
     class OnClassNames(base):
         def build_data_loader(self) -> None:
-            self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=list(classnames)))
-            self.train_loader_x = self.train_loader_u = self.val_loader = self.test_loader = None
+            self.dm = SimpleNamespace(dataset=SimpleNamespace(classnames=list(classnames), train_x=train_x))
+            self.train_loader_u = self.val_loader = self.test_loader = None
+            self.train_loader_x = [None] * batches  # its length only (batches per epoch): never iterated
             self.num_classes = len(classnames)
             self.num_source_domains = 1
             self.lab2cname = dict(enumerate(classnames))
@@ -311,20 +322,26 @@ def machine(device) -> dict:
     return info
 
 
-def measure(spec: Spec) -> dict:
-    """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
+def prepare_process(spec: Spec):
+    """The config of `spec`, with this process's math and memory settings as train.py makes them and the seed set."""
     from dassl.utils import keep_freed_memory, set_cuda_math, set_random_seed
 
-    if spec.phase not in PHASES:
-        raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
     cfg = build_cfg(spec)
-    if spec.device == "cuda":  # as train.py does
+    if spec.device == "cuda":
         set_cuda_math(exact_fp32=cfg.CUDA_EXACT_FP32)
     else:
         keep_freed_memory()
     set_random_seed(cfg.SEED)
+    return cfg
+
+
+def measure(spec: Spec) -> dict:
+    """Build the trainer for `spec` and time its phase; the result dict is what the parent tabulates."""
+    if spec.phase not in PHASES:
+        raise ValueError(f"phase must be one of {PHASES}; got {spec.phase!r}")
+    cfg = prepare_process(spec)
     start = time.perf_counter()
-    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes))
+    trainer = build_trainer_on_classes(cfg, load_classnames(spec.classes), spec.shots)
     build_s = time.perf_counter() - start
     result = {"spec": asdict(spec), "build_s": build_s, "rss_after_build_bytes": _status_bytes("VmRSS")}
     # Per phase: the build (CLIP weights, prompts) on its own, then the measured phase from a reset peak, so
@@ -348,17 +365,37 @@ def measure(spec: Spec) -> dict:
     return result
 
 
-def main(argv: list[str]) -> int:
+def child_main(module: str, run: Callable[[Spec], dict], argv: list[str]) -> int:
+    """`python3 -m <module> SPEC.json RESULT.json`: `run` the spec and write its result (the child side of
+    `run_in_child`)."""
     if len(argv) != 2:
-        print("usage: python3 -m benchmarks.measure SPEC.json RESULT.json", file=sys.stderr)
+        print(f"usage: python3 -m {module} SPEC.json RESULT.json", file=sys.stderr)
         return 2
     with open(argv[0], encoding="utf-8") as f:
         spec = Spec(**json.load(f))
-    result = measure(spec)
+    result = run(spec)
     with open(argv[1], "w", encoding="utf-8") as f:
         json.dump(result, f, indent=1)
     return 0
 
 
+class ChildFailed(RuntimeError):
+    """A measurement process exited with an error; the message ends with its output."""
+
+
+def run_in_child(spec: Spec, workdir: str, name: str, module: str = "benchmarks.measure") -> dict:
+    """Run `python3 -m <module>` on `spec` in a fresh interpreter (files `<name>.spec.json` / `.result.json` in
+    `workdir`); its output is kept only for the error when it fails."""
+    spec_file, result_file = (os.path.join(workdir, f"{name}.{kind}.json") for kind in ("spec", "result"))
+    with open(spec_file, "w", encoding="utf-8") as f:
+        json.dump(asdict(spec), f)
+    proc = subprocess.run([sys.executable, "-m", module, spec_file, result_file], cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise ChildFailed(f"exit {proc.returncode}:\n{proc.stdout[-4000:]}")
+    with open(result_file, encoding="utf-8") as f:
+        return json.load(f)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(child_main("benchmarks.measure", measure, sys.argv[1:]))

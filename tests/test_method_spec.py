@@ -107,7 +107,7 @@ def test_freezing_names_what_is_wrong():
 
 
 @pytest.mark.parametrize("name,config", [("CoOp", "CoOp/tiny.yaml"), ("MaPLe", "MaPLe/tiny.yaml"),
-                                         ("ZeroshotCLIP", "CoOp/tiny.yaml")])
+                                         ("VPT", "VPT/tiny.yaml"), ("ZeroshotCLIP", "CoOp/tiny.yaml")])
 def test_optimizer_and_count_follow_the_declaration(name, config, data_root, tmp_path):
     trainer = demo_trainer(name, config, data_root, str(tmp_path))
     learner_params = [p for p in trainer.model.prompt_learner.parameters()]

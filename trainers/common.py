@@ -91,18 +91,22 @@ class Precision:
 # Backbone
 
 
-def load_clip_model(cfg, precision: Precision) -> nn.Module:
-    """The frozen CLIP named by MODEL.BACKBONE (an OpenAI name, downloaded and verified by clip/, or the
-    local checkpoint MODEL.BACKBONE.PATH), with weights in the dtype `precision` computes from."""
+def load_backbone_state_dict(cfg) -> dict:
+    """The state dict of the CLIP named by MODEL.BACKBONE (an OpenAI name, downloaded and verified by clip/, or
+    the local checkpoint MODEL.BACKBONE.PATH), as stored (OpenAI's fp16 weights stay fp16)."""
     backbone = cfg.MODEL.BACKBONE
     source = f", file: {backbone.PATH}" if backbone.PATH else ""
     print(f"Loading CLIP (backbone: {backbone.NAME}{source})")
     try:
-        state_dict = clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
+        return clip.load_state_dict(backbone.NAME, path=backbone.PATH, download_root=backbone.CACHE_DIR or None)
     except (ValueError, RuntimeError) as e:
         # clip/ stays independent of dassl: its errors about the named model or file become the config's
         raise ConfigError(f"MODEL.BACKBONE (NAME {backbone.NAME!r}, PATH {backbone.PATH!r}): {e}") from e
-    return precision.prepare(clip.build_model(state_dict))
+
+
+def load_clip_model(cfg, precision: Precision) -> nn.Module:
+    """The frozen CLIP named by MODEL.BACKBONE, with weights in the dtype `precision` computes from."""
+    return precision.prepare(clip.build_model(load_backbone_state_dict(cfg)))
 
 
 def apply_model_switches(clip_model: nn.Module, cfg) -> None:

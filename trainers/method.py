@@ -172,22 +172,21 @@ def freeze_all_but_trained(model: nn.Module, prefixes: Iterable[str], frozen: Op
 
 
 def trained_parameter_count(trainer) -> int:
-    """Elements of the parameters a built trainer trains, over its registered models: in each, those under its
-    declared prefixes, or all of them when the model registered is itself a declared part (CoOp registers its
-    prompt learner as `prompt_learner`, the linear probe its `linear_head`); when the trainer declares none (no
-    SPEC), those that require a gradient. Shared tensors are counted once."""
+    """Elements of the parameters a built trainer trains, over its registered models: those under its declared
+    prefixes (a parameter's name inside its model or "<registered name>.<name>": CoOp registers its prompt
+    learner as `prompt_learner`), or, when it declares none (no SPEC), those that require a gradient. Shared
+    tensors are counted once."""
     prefixes = spec_of(type(trainer)).trained
     seen, total = set(), 0
     for registered in trainer.get_model_names():
         named = list(trainer._models[registered].named_parameters())
-        if not prefixes:
-            chosen = [p for _, p in named if p.requires_grad]
-        else:
-            chosen = [p for name, p in named if is_trained(name, prefixes)]
-            if not chosen and registered in prefixes:
-                chosen = [p for _, p in named]
-        for param in chosen:
-            if id(param) not in seen:
+        # A model whose own names hold the prefixes is judged by them alone: VPT registers its whole model under
+        # the name "prompt_learner", which must not make "prompt_learner.clip_model.*" count as trained.
+        own_names = any(is_trained(name, prefixes) for name, _ in named)
+        for name, param in named:
+            full_name = name if own_names else f"{registered}.{name}"
+            chosen = is_trained(full_name, prefixes) if prefixes else param.requires_grad
+            if chosen and id(param) not in seen:
                 seen.add(id(param))
                 total += param.numel()
     return total
