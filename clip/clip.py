@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 
 import torch
 
+from .checkpoints import read_checkpoint
 from .bundled_models import BUNDLED_MODELS, verified_bundled_path
 from .model import CLIP, METADATA_KEYS, build_model, infer_config
 from .model_files import MODEL_URLS, model_file
@@ -37,25 +37,6 @@ def available_models() -> list[str]:
     return list(_MODELS)
 
 
-def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """State dict of a TorchScript archive (OpenAI's format) or of a plain saved state dict."""
-    try:
-        with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI's files are TorchScript
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(path, map_location="cpu").eval().state_dict()
-    except RuntimeError:
-        pass  # not a TorchScript archive: try a plain state dict
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is neither a TorchScript archive nor a torch-saved state dict: {error}") from error
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(value, torch.Tensor) or key in METADATA_KEYS for key, value in state_dict.items()):
-        raise ValueError(f"{path} does not hold a CLIP state dict (a dict of parameter name -> tensor); "
-                         f"found {type(state_dict).__name__}")
-    return dict(state_dict)
-
-
 def load_state_dict(name: str, path: str = "", download_root: str | None = None) -> dict[str, torch.Tensor]:
     """CLIP weights as an OpenAI-format state dict.
 
@@ -66,7 +47,7 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"CLIP checkpoint {path} (MODEL.BACKBONE.PATH) does not exist")
-        state_dict = _read_checkpoint(path)
+        state_dict = read_checkpoint(path)
         source = path
     elif name in RANDOM_MODELS:  # generated in memory: no file needed
         return random_state_dict(name)
@@ -74,10 +55,10 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
         state_dict, source = widened_state_dict(name), name
     elif name in BUNDLED_MODELS:
         source = verified_bundled_path(name)
-        state_dict = _read_checkpoint(source)
+        state_dict = read_checkpoint(source)
     elif name in _MODELS:
         source = _download(_MODELS[name], download_root)
-        state_dict = _read_checkpoint(source)
+        state_dict = read_checkpoint(source)
     else:
         raise ValueError(f"Unknown CLIP model '{name}'; valid names: {available_models()}, "
                          "or set MODEL.BACKBONE.PATH to a checkpoint file")
