@@ -212,3 +212,23 @@ def supported_names() -> list[str]:
         if model_cfg is not None and not unsupported_reason(model_cfg, open_clip):
             names.append(f"{PREFIX}{arch}/{tag}")
     return names
+
+
+def load_openclip_state_dict(name: str, path: str = "", download_root: str | None = None) -> dict[str, object]:
+    """The state dict (with its `ARCHITECTURE_KEY` entry) of the OpenCLIP model `name`: read from `path` when
+    given, else the tag's weights from the Hub cache under `download_root` (downloaded once, verified)."""
+    from .checkpoints import read_checkpoint
+    from .download import default_cache_dir
+    from .hf_hub import hub_file
+
+    model = resolve(name)
+    if not path:
+        if not model.tag:
+            raise ValueError(f"{name} names an architecture without weights: set MODEL.BACKBONE.PATH to its "
+                             f"checkpoint file, or name a pretrained tag (openclip:{model.arch}/<tag>)")
+        if not model.pretrained_cfg.get("hf_hub"):
+            raise ValueError(f"{name}: open_clip lists no Hugging Face Hub file for this tag; download "
+                             f"{model.pretrained_cfg.get('url', 'its weights')} and set MODEL.BACKBONE.PATH to it")
+        root = os.path.expanduser(download_root) if download_root else default_cache_dir()
+        path = hub_file(model.pretrained_cfg["hf_hub"], root)
+    return to_clip_state_dict(read_checkpoint(path), model, path)
