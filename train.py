@@ -112,8 +112,10 @@ def reset_cfg(cfg, args: argparse.Namespace) -> None:
 
 
 def setup_cfg(args: argparse.Namespace):
-    """Defaults -> method keys -> dataset YAML -> trainer YAML -> flags -> opts; frozen."""
-    from trainers.config import extend_cfg  # after `trainers` is imported: it loops over the registry
+    """Defaults -> method keys -> dataset YAML -> trainer YAML -> flags -> opts -> an OpenCLIP backbone's image
+    statistics (INPUT.PIXEL_STATS); frozen."""
+    # after `trainers` is imported: extend_cfg loops over the registry
+    from trainers.config import apply_pixel_stats, extend_cfg
 
     cfg = get_cfg_default()
     extend_cfg(cfg)
@@ -124,6 +126,7 @@ def setup_cfg(args: argparse.Namespace):
         merge_from_file(cfg, args.config_file, role="trainer config file")
     reset_cfg(cfg, args)
     merge_from_list(cfg, args.opts or [])
+    apply_pixel_stats(cfg)
     cfg.freeze()
     return cfg
 

@@ -19,7 +19,7 @@ from .random_models import RANDOM_MODELS, random_state_dict
 from .simple_tokenizer import EOT, SOT, SimpleTokenizer
 from .widened_models import WIDENED_MODELS, widened_state_dict
 
-__all__ = ["available_models", "build_model", "load", "load_state_dict", "tokenize"]
+__all__ = ["available_models", "build_model", "is_openclip_name", "load", "load_state_dict", "tokenize"]
 
 # name -> URL of every backbone this package loads (OpenAI's, the shipped demo ones, the random ones), and
 # the function that turns such a URL into a verified local file (clip/model_files.py).

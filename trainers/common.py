@@ -101,7 +101,12 @@ def load_clip_model(cfg, precision: Precision) -> nn.Module:
     except (ValueError, RuntimeError) as e:
         # clip/ stays independent of dassl: its errors about the named model or file become the config's
         raise ConfigError(f"MODEL.BACKBONE (NAME {backbone.NAME!r}, PATH {backbone.PATH!r}): {e}") from e
-    return precision.prepare(clip.build_model(state_dict))
+    if clip.is_openclip_name(backbone.NAME):
+        print(f"Image normalisation: mean {list(cfg.INPUT.PIXEL_MEAN)}, std {list(cfg.INPUT.PIXEL_STD)} "
+              f"(INPUT.PIXEL_STATS {cfg.INPUT.PIXEL_STATS}: "
+              + ("the backbone's own)" if cfg.INPUT.PIXEL_STATS == "backbone" else "the config's values)"))
+    # Built in the dtype it computes from: an fp32 file keeps its exact values outside the fp16 mode.
+    return precision.prepare(clip.build_model(state_dict, half=precision.name == "fp16"))
 
 
 def apply_model_switches(clip_model: nn.Module, cfg) -> None:
