@@ -127,17 +127,18 @@ def _defaults(open_clip) -> dict[str, dict]:
 def unsupported_reason(model_cfg: dict, open_clip) -> str:
     """'' when `model_cfg` is of the supported family, else the option that puts it outside (with its family)."""
     defaults = _defaults(open_clip)
-    # the towers first: a timm trunk or Hugging Face tower is what names the family, more than its flags
     sections = [(part, model_cfg.get(part, {}), _SIZE_OPTIONS[part]) for part in ("vision_cfg", "text_cfg")]
     sections += [("", {k: v for k, v in model_cfg.items() if k not in ("vision_cfg", "text_cfg")}, _TOP_OPTIONS)]
-    for part, options, free in sections:
-        for key, value in options.items():
-            if key in free or (key in defaults[part] and value == defaults[part][key]):
-                continue
-            where = f"{part}.{key}" if part else key
-            family = _FAMILIES.get(key, "not part of OpenAI's architecture")
-            shown = "{...}" if isinstance(value, dict) and len(repr(value)) > 40 else repr(value)
-            return f"{where} = {shown}: {family}"
+    # options naming a family first (a timm trunk, CoCa's decoder...), then any other departure
+    ordered = sorted(((key not in _FAMILIES, part, key, value, free) for part, options, free in sections
+                      for key, value in options.items()), key=lambda entry: entry[0])
+    for _, part, key, value, free in ordered:
+        if key in free or (key in defaults[part] and value == defaults[part][key]):
+            continue
+        where = f"{part}.{key}" if part else key
+        family = _FAMILIES.get(key, "not part of OpenAI's architecture")
+        shown = "{...}" if isinstance(value, dict) and len(repr(value)) > 40 else repr(value)
+        return f"{where} = {shown}: {family}"
     image_size = model_cfg["vision_cfg"].get("image_size", 224)
     if isinstance(image_size, (list, tuple)) and len(set(image_size)) != 1:
         return f"vision_cfg.image_size = {image_size!r}: non-square inputs"
