@@ -574,7 +574,11 @@ def infer_config(state_dict: dict, source: str = "state dict") -> CLIPConfig:
         patch, image_resolution = None, grid * 32
     width = state_dict["ln_final.weight"].shape[0]
     stated = dict(state_dict.get(ARCHITECTURE_KEY) or {})
-    vision_mlp = state_dict.get("visual.transformer.resblocks.0.mlp.c_fc.weight")
+
+    def mlp_width(key: str, tower_width: int) -> int | None:  # None: OpenAI's 4x rule holds
+        weight = state_dict.get(key)
+        return None if weight is None or weight.shape[0] == 4 * tower_width else weight.shape[0]
+
     return CLIPConfig(
         embed_dim=state_dict["text_projection"].shape[1],
         image_resolution=image_resolution,
@@ -587,9 +591,8 @@ def infer_config(state_dict: dict, source: str = "state dict") -> CLIPConfig:
         transformer_heads=stated.get("transformer_heads", width // 64),
         transformer_layers=len(_layer_indices(state_dict, "transformer.resblocks.")),
         vision_heads=stated.get("vision_heads"),
-        vision_mlp_width=None if vision_mlp is None else vision_mlp.shape[0],
-        transformer_mlp_width=state_dict["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]
-        if "transformer.resblocks.0.mlp.c_fc.weight" in state_dict else None,
+        vision_mlp_width=mlp_width("visual.transformer.resblocks.0.mlp.c_fc.weight", vision_width),
+        transformer_mlp_width=mlp_width("transformer.resblocks.0.mlp.c_fc.weight", width),
         activation=stated.get("activation", "quick_gelu"),
     )
 
