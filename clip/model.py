@@ -601,7 +601,8 @@ def build_model(state_dict: dict, design_details: dict | None = None, source: st
                 half: bool = True) -> CLIP:
     """Build CLIP from an OpenAI-format state dict (fp16 or fp32): architecture inferred, weights cast like
     OpenAI's convert_weights (`half=False`: every weight fp32, so an fp32 file keeps its exact values instead of
-    being rounded through fp16 and cast back by `.float()`), loaded strictly, eval() mode. `design_details` is the official MaPLe fork's
+    being rounded through fp16 and cast back by `.float()`), loaded strictly, eval() mode.
+    `design_details` is the official MaPLe fork's
     argument (clip/design.py): the IVLP and VPT designs give the model its own fp32 prompt parameters, drawn
     from the global RNG; every other design draws nothing from it."""
     from .design import attach_owned_prompts, check_design_fits, parse_design  # design.py imports this module
