@@ -66,3 +66,11 @@ def test_base2new_scripts_train_and_evaluate_on_an_openclip_file(method, backbon
     logs = [os.path.join(folder, "log.txt") for folder, _, files in os.walk(out) if "log.txt" in files]
     text = "".join(open(path).read() for path in logs)
     assert "Image normalisation: mean" in text and "INPUT.PIXEL_STATS backbone" in text
+
+
+def test_an_openclip_file_trains_under_bf16_autocast(backbone, tmp_path):
+    trainer = demo_trainer("CoOp", "CoOp/tiny.yaml", backbone["data"], str(tmp_path), *backbone["opts"],
+                           "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1", "TRAINER.COOP.PREC", "bf16")
+    assert trainer.model.clip_model.dtype == torch.float32  # fp32 weights, bf16 autocast
+    trainer.train()
+    assert 0.0 <= trainer.test() <= 100.0
