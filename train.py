@@ -123,7 +123,10 @@ def default_cfg(args: argparse.Namespace):
 
 
 def setup_cfg(args: argparse.Namespace):
-    """Defaults -> method keys -> dataset YAML -> trainer YAML -> flags -> opts; frozen."""
+    """Defaults -> method keys -> dataset YAML -> trainer YAML -> flags -> opts -> an OpenCLIP backbone's image
+    statistics (INPUT.PIXEL_STATS); frozen."""
+    from trainers.config import apply_pixel_stats
+
     cfg = default_cfg(args)
     if args.dataset_config_file:
         merge_from_file(cfg, args.dataset_config_file, role="dataset config file")
@@ -131,6 +134,7 @@ def setup_cfg(args: argparse.Namespace):
         merge_from_file(cfg, args.config_file, role="trainer config file")
     reset_cfg(cfg, args)
     merge_from_list(cfg, args.opts or [])
+    apply_pixel_stats(cfg)
     cfg.freeze()
     return cfg
 

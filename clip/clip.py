@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 
 import torch
 
+from .checkpoints import read_checkpoint
 from .bundled_models import BUNDLED_MODELS, verified_bundled_path
 from .model import CLIP, METADATA_KEYS, build_model, infer_config
 from .model_files import MODEL_URLS, model_file
+from .openclip import is_openclip_name, load_openclip_state_dict, resolve, supported_names
 from .random_models import RANDOM_MODELS, random_state_dict
 from .simple_tokenizer import EOT, SOT, SimpleTokenizer
 from .widened_models import WIDENED_MODELS, widened_state_dict
 
-__all__ = ["available_models", "build_model", "load", "load_state_dict", "tokenize"]
+__all__ = ["available_models", "build_model", "is_openclip_name", "load", "load_state_dict", "tokenize"]
 
 # name -> URL of every backbone this package loads (OpenAI's, the shipped demo ones, the random ones), and
 # the function that turns such a URL into a verified local file (clip/model_files.py).
@@ -31,29 +32,11 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def available_models() -> list[str]:
-    """Every backbone name `load` and `_MODELS` resolve: OpenAI's, the ones shipped with this package (and
-    their widened versions, clip/widened_models.py), the random architectures (and any name a plugin added
-    to `_MODELS`)."""
-    return list(_MODELS)
-
-
-def _read_checkpoint(path: str) -> dict[str, torch.Tensor]:
-    """State dict of a TorchScript archive (OpenAI's format) or of a plain saved state dict."""
-    try:
-        with warnings.catch_warnings():  # torch deprecates TorchScript, but OpenAI's files are TorchScript
-            warnings.simplefilter("ignore", FutureWarning)
-            return torch.jit.load(path, map_location="cpu").eval().state_dict()
-    except RuntimeError:
-        pass  # not a TorchScript archive: try a plain state dict
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"{path} is neither a TorchScript archive nor a torch-saved state dict: {error}") from error
-    if not isinstance(state_dict, dict) or not all(
-            isinstance(value, torch.Tensor) or key in METADATA_KEYS for key, value in state_dict.items()):
-        raise ValueError(f"{path} does not hold a CLIP state dict (a dict of parameter name -> tensor); "
-                         f"found {type(state_dict).__name__}")
-    return dict(state_dict)
+    """Every backbone name `load` resolves: those of `_MODELS` (OpenAI's, the ones shipped with this package
+    and their widened versions, clip/widened_models.py, the random architectures, any name a plugin added),
+    then, when open_clip_torch is installed, the supported OpenCLIP models ("openclip:<arch>/<tag>",
+    clip/openclip.py; `_MODELS` lists none of them: importing open_clip is left to runs that use one)."""
+    return list(_MODELS) + supported_names()
 
 
 def load_state_dict(name: str, path: str = "", download_root: str | None = None) -> dict[str, torch.Tensor]:
@@ -66,7 +49,10 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
         path = os.path.expanduser(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"CLIP checkpoint {path} (MODEL.BACKBONE.PATH) does not exist")
-        state_dict = _read_checkpoint(path)
+    if is_openclip_name(name):  # configs from open_clip's registry; weights from `path` or the Hub cache
+        return load_openclip_state_dict(name, path, download_root)
+    if path:
+        state_dict = read_checkpoint(path)
         source = path
     elif name in RANDOM_MODELS:  # generated in memory: no file needed
         return random_state_dict(name)
@@ -74,12 +60,13 @@ def load_state_dict(name: str, path: str = "", download_root: str | None = None)
         state_dict, source = widened_state_dict(name), name
     elif name in BUNDLED_MODELS:
         source = verified_bundled_path(name)
-        state_dict = _read_checkpoint(source)
+        state_dict = read_checkpoint(source)
     elif name in _MODELS:
         source = _download(_MODELS[name], download_root)
-        state_dict = _read_checkpoint(source)
+        state_dict = read_checkpoint(source)
     else:
-        raise ValueError(f"Unknown CLIP model '{name}'; valid names: {available_models()}, "
+        raise ValueError(f"Unknown CLIP model '{name}'; valid names: {list(_MODELS)}, an OpenCLIP model "
+                         "'openclip:<arch>/<tag>' (clip.available_models() lists them), "
                          "or set MODEL.BACKBONE.PATH to a checkpoint file")
     infer_config(state_dict, source)  # a file that is not CLIP fails here, naming the file
     return state_dict
@@ -89,7 +76,7 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def _preprocess(n_px: int):
+def _preprocess(n_px: int, mean: tuple[float, ...] = MEAN, std: tuple[float, ...] = STD):
     # torchvision is needed only for this image pipeline, so it is imported here.
     from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 
@@ -98,7 +85,7 @@ def _preprocess(n_px: int):
         CenterCrop(n_px),
         _to_rgb,
         ToTensor(),
-        Normalize(MEAN, STD),
+        Normalize(mean, std),
     ])
 
 
@@ -108,12 +95,13 @@ def load(name: str, device: str | torch.device = "cpu", jit: bool = False,
     model is cast to fp32. Only the eager model exists here, so jit=True is refused."""
     if jit:
         raise ValueError("jit=True is not supported: this package builds an eager CLIP model (use jit=False)")
-    is_file = name not in available_models() and os.path.isfile(os.path.expanduser(name))
+    known = name in _MODELS or is_openclip_name(name)
+    is_file = not known and os.path.isfile(os.path.expanduser(name))
     state_dict = load_state_dict(name, path=name if is_file else "", download_root=download_root)
-    model = build_model(state_dict, source=name).to(device)
-    if torch.device(device).type == "cpu":
-        model.float()
-    return model, _preprocess(model.visual.input_resolution)
+    on_cpu = torch.device(device).type == "cpu"  # fp32 on CPU: built fp32, an fp32 file's values kept exact
+    model = build_model(state_dict, source=name, half=not on_cpu).to(device)
+    stats = resolve(name) if is_openclip_name(name) else None
+    return model, _preprocess(model.visual.input_resolution, *((stats.mean, stats.std) if stats else (MEAN, STD)))
 
 
 @functools.lru_cache(maxsize=None)

@@ -158,15 +158,21 @@ class SelfAttention(nn.Module):
         return out.transpose(1, 2).reshape(batch, length, width), (k, v)
 
 
+# The MLP activations of the CLIP family: OpenAI's (and OpenCLIP's "-quickgelu" models') sigmoid
+# approximation, and the exact GELU most OpenCLIP models were trained with.
+ACTIVATIONS = {"quick_gelu": QuickGELU, "gelu": nn.GELU}
+
+
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width: int, heads: int):
+    def __init__(self, width: int, heads: int, mlp_width: int | None = None, activation: str = "quick_gelu"):
         super().__init__()
+        mlp_width = mlp_width or width * 4
         self.attn = SelfAttention(width, heads)
         self.ln_1 = LayerNorm(width)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", Linear(width, width * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", Linear(width * 4, width)),
+            ("c_fc", Linear(width, mlp_width)),
+            ("gelu", ACTIVATIONS[activation]()),
+            ("c_proj", Linear(mlp_width, width)),
         ]))
         self.ln_2 = LayerNorm(width)
 
@@ -244,12 +250,14 @@ def _checkpointed_block(block: nn.Module, x: torch.Tensor, causal: bool, packing
 class Transformer(nn.Module):
     """A stack of residual attention blocks; `causal=True` for the text tower."""
 
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False, mlp_width: int | None = None,
+                 activation: str = "quick_gelu"):
         super().__init__()
         self.width = width
         self.layers = layers
         self.causal = causal
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, mlp_width, activation)
+                                         for _ in range(layers)])
         # Activation checkpointing (off by default): while gradients are recorded, keep only each block's
         # input and recompute the block in the backward pass (same numbers; one more forward, less memory).
         self.checkpointing = False
@@ -330,7 +338,7 @@ class Transformer(nn.Module):
 
 class VisionTransformer(nn.Module):
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int):
+                 output_dim: int, mlp_width: int | None = None, activation: str = "quick_gelu"):
         super().__init__()
         self.input_resolution = input_resolution
         self.output_dim = output_dim
@@ -339,7 +347,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(torch.empty(width))
         self.positional_embedding = nn.Parameter(torch.empty((input_resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, mlp_width=mlp_width, activation=activation)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(torch.empty(width, output_dim))
 
@@ -380,6 +388,12 @@ class CLIPConfig:
     transformer_width: int
     transformer_heads: int
     transformer_layers: int
+    # Not readable off OpenAI's weights, which all use the defaults: None = OpenAI's rule (64-wide heads,
+    # MLP 4x the width). An OpenCLIP checkpoint states them in its `ARCHITECTURE_KEY` entry (clip/openclip.py).
+    vision_heads: int | None = None
+    vision_mlp_width: int | None = None
+    transformer_mlp_width: int | None = None
+    activation: str = "quick_gelu"
 
 
 class CLIP(nn.Module):
@@ -388,17 +402,23 @@ class CLIP(nn.Module):
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int | tuple[int, int, int, int],
                  vision_width: int, vision_patch_size: int | None, context_length: int, vocab_size: int,
-                 transformer_width: int, transformer_heads: int, transformer_layers: int):
+                 transformer_width: int, transformer_heads: int, transformer_layers: int,
+                 vision_heads: int | None = None, vision_mlp_width: int | None = None,
+                 transformer_mlp_width: int | None = None, activation: str = "quick_gelu"):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {activation!r}; known: {sorted(ACTIVATIONS)}")
         self.context_length = context_length
         self.vocab_size = vocab_size
         if isinstance(vision_layers, (tuple, list)):
-            self.visual = ModifiedResNet(tuple(vision_layers), embed_dim, vision_width * 32 // 64,
+            self.visual = ModifiedResNet(tuple(vision_layers), embed_dim, vision_heads or vision_width * 32 // 64,
                                          image_resolution, vision_width)
         else:
             self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
-                                            vision_width // 64, embed_dim)
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+                                            vision_heads or vision_width // 64, embed_dim, vision_mlp_width,
+                                            activation)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True,
+                                       mlp_width=transformer_mlp_width, activation=activation)
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
         self.ln_final = LayerNorm(transformer_width)
@@ -522,8 +542,11 @@ def convert_weights(model: nn.Module) -> None:
 _REQUIRED_TEXT_KEYS = ("token_embedding.weight", "positional_embedding", "text_projection", "ln_final.weight")
 _REQUIRED_VIT_KEYS = ("visual.proj", "visual.conv1.weight", "visual.positional_embedding")
 _REQUIRED_RESNET_KEYS = ("visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding")
-# Non-tensor entries some OpenAI archives carry; not parameters.
-METADATA_KEYS = ("input_resolution", "context_length", "vocab_size")
+# A non-tensor entry of a converted OpenCLIP state dict (clip/openclip.py): the architecture facts its
+# weights do not show, {"activation": "gelu" | "quick_gelu", "vision_heads": int, "transformer_heads": int}.
+ARCHITECTURE_KEY = "clip_architecture"
+# Non-tensor entries some OpenAI archives carry, and ours; not parameters.
+METADATA_KEYS = ("input_resolution", "context_length", "vocab_size", ARCHITECTURE_KEY)
 
 
 def _layer_indices(state_dict: dict, prefix: str) -> set[str]:
@@ -550,6 +573,12 @@ def infer_config(state_dict: dict, source: str = "state dict") -> CLIPConfig:
         grid = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
         patch, image_resolution = None, grid * 32
     width = state_dict["ln_final.weight"].shape[0]
+    stated = dict(state_dict.get(ARCHITECTURE_KEY) or {})
+
+    def mlp_width(key: str, tower_width: int) -> int | None:  # None: OpenAI's 4x rule holds
+        weight = state_dict.get(key)
+        return None if weight is None or weight.shape[0] == 4 * tower_width else weight.shape[0]
+
     return CLIPConfig(
         embed_dim=state_dict["text_projection"].shape[1],
         image_resolution=image_resolution,
@@ -559,14 +588,21 @@ def infer_config(state_dict: dict, source: str = "state dict") -> CLIPConfig:
         context_length=state_dict["positional_embedding"].shape[0],
         vocab_size=state_dict["token_embedding.weight"].shape[0],
         transformer_width=width,
-        transformer_heads=width // 64,
+        transformer_heads=stated.get("transformer_heads", width // 64),
         transformer_layers=len(_layer_indices(state_dict, "transformer.resblocks.")),
+        vision_heads=stated.get("vision_heads"),
+        vision_mlp_width=mlp_width("visual.transformer.resblocks.0.mlp.c_fc.weight", vision_width),
+        transformer_mlp_width=mlp_width("transformer.resblocks.0.mlp.c_fc.weight", width),
+        activation=stated.get("activation", "quick_gelu"),
     )
 
 
-def build_model(state_dict: dict, design_details: dict | None = None, source: str = "state dict") -> CLIP:
+def build_model(state_dict: dict, design_details: dict | None = None, source: str = "state dict", *,
+                half: bool = True) -> CLIP:
     """Build CLIP from an OpenAI-format state dict (fp16 or fp32): architecture inferred, weights cast like
-    OpenAI's convert_weights, loaded strictly, eval() mode. `design_details` is the official MaPLe fork's
+    OpenAI's convert_weights (`half=False`: every weight fp32, so an fp32 file keeps its exact values instead of
+    being rounded through fp16 and cast back by `.float()`), loaded strictly, eval() mode.
+    `design_details` is the official MaPLe fork's
     argument (clip/design.py): the IVLP and VPT designs give the model its own fp32 prompt parameters, drawn
     from the global RNG; every other design draws nothing from it."""
     from .design import attach_owned_prompts, check_design_fits, parse_design  # design.py imports this module
@@ -576,7 +612,8 @@ def build_model(state_dict: dict, design_details: dict | None = None, source: st
     check_design_fits(design, config, source)
     with torch.device("meta"):  # no allocation or random init for weights that are overwritten anyway
         model = CLIP(**asdict(config))
-    convert_weights(model)
+    if half:
+        convert_weights(model)
     expected = model.state_dict()
     given = {key: value for key, value in state_dict.items() if key not in METADATA_KEYS}
     missing = sorted(set(expected) - set(given))

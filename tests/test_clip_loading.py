@@ -130,8 +130,11 @@ def test_offline_error_names_url_cache_path_and_local_option(tmp_path, monkeypat
 def test_model_names():
     openai = ["RN50", "RN101", "RN50x4", "RN50x16", "RN50x64", "ViT-B/32", "ViT-B/16", "ViT-L/14", "ViT-L/14@336px"]
     # every name a third-party trainer can look up in clip._MODELS: OpenAI's, the demo's, the random ones
-    assert clip.available_models() == openai + ["DemoCLIP-ViT-Tiny", "DemoCLIP-ViT-Tiny-Wide"] + list(RANDOM_MODELS)
-    assert list(clip.clip._MODELS) == clip.available_models()
+    assert list(clip.clip._MODELS) == openai + ["DemoCLIP-ViT-Tiny", "DemoCLIP-ViT-Tiny-Wide"] + list(RANDOM_MODELS)
+    # then the supported OpenCLIP models, when open_clip_torch is installed (tests/test_openclip_backbones.py)
+    names = clip.available_models()
+    assert names[:len(clip.clip._MODELS)] == list(clip.clip._MODELS)
+    assert all(name.startswith("openclip:") for name in names[len(clip.clip._MODELS):])
     # URLs of files that exist somewhere carry their SHA-256 as the second-to-last segment
     assert all(len(clip.clip._MODELS[name].split("/")[-2]) == 64 for name in openai + ["DemoCLIP-ViT-Tiny"])
     assert {RANDOM_PREFIX + n for n in openai} | {TINY, "RandomInit-RN-Tiny"} == set(RANDOM_MODELS)

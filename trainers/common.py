@@ -106,7 +106,13 @@ def load_backbone_state_dict(cfg) -> dict:
 
 def load_clip_model(cfg, precision: Precision) -> nn.Module:
     """The frozen CLIP named by MODEL.BACKBONE, with weights in the dtype `precision` computes from."""
-    return precision.prepare(clip.build_model(load_backbone_state_dict(cfg)))
+    state_dict = load_backbone_state_dict(cfg)
+    if clip.is_openclip_name(cfg.MODEL.BACKBONE.NAME):
+        print(f"Image normalisation: mean {list(cfg.INPUT.PIXEL_MEAN)}, std {list(cfg.INPUT.PIXEL_STD)} "
+              f"(INPUT.PIXEL_STATS {cfg.INPUT.PIXEL_STATS}: "
+              + ("the backbone's own)" if cfg.INPUT.PIXEL_STATS == "backbone" else "the config's values)"))
+    # Built in the dtype it computes from: an fp32 file keeps its exact values outside the fp16 mode.
+    return precision.prepare(clip.build_model(state_dict, half=precision.name == "fp16"))
 
 
 def apply_model_switches(clip_model: nn.Module, cfg) -> None:

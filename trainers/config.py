@@ -10,6 +10,10 @@ a default, type included.
 """
 from yacs.config import CfgNode as CN
 
+from clip import clip
+from clip.openclip import resolve as resolve_openclip
+from dassl.config import ConfigError
+
 
 def _add_official_keys(cfg: CN) -> None:
     cfg.TRAINER.COOP = CN()
@@ -65,6 +69,10 @@ def _add_project_keys(cfg: CN) -> None:
     cfg.MODEL.BACKBONE.PATH = ""
     # Where downloaded CLIP checkpoints are cached; empty = $CLIP_CACHE_DIR or ~/.cache/clip.
     cfg.MODEL.BACKBONE.CACHE_DIR = ""
+    # Image mean/std with an OpenCLIP backbone: "backbone" (its pretrained config's, written into
+    # INPUT.PIXEL_MEAN/STD by `apply_pixel_stats`) or "config" (INPUT.PIXEL_MEAN/STD as configured). Other
+    # backbones always keep the configured values.
+    cfg.INPUT.PIXEL_STATS = "backbone"
     # fp32 on CUDA as IEEE fp32: no TF32 convolutions, no cuDNN algorithm search (dassl.utils.set_cuda_math).
     # Off by default, as in the official code: "fp32" runs on Ampere/Hopper GPUs are then not bit-exact.
     cfg.CUDA_EXACT_FP32 = False
@@ -107,3 +115,21 @@ def extend_cfg(cfg: CN) -> None:
             hook = getattr(registry.get(name), "extend_cfg", None)
             if callable(hook):
                 hook(cfg)
+
+
+PIXEL_STATS = ("backbone", "config")
+
+
+def apply_pixel_stats(cfg: CN) -> None:
+    """INPUT.PIXEL_STATS "backbone" with an OpenCLIP backbone: INPUT.PIXEL_MEAN/STD become that model's own
+    (clip/openclip.py; no weights are read). Any other backbone, or "config": the configured values stay."""
+    choice = cfg.INPUT.PIXEL_STATS
+    if choice not in PIXEL_STATS:
+        raise ConfigError(f"INPUT.PIXEL_STATS must be one of {', '.join(PIXEL_STATS)}; got {choice!r}")
+    if choice == "config" or not clip.is_openclip_name(cfg.MODEL.BACKBONE.NAME):
+        return
+    try:
+        model = resolve_openclip(cfg.MODEL.BACKBONE.NAME)
+    except (ValueError, RuntimeError) as error:
+        raise ConfigError(f"MODEL.BACKBONE.NAME {cfg.MODEL.BACKBONE.NAME!r}: {error}") from error
+    cfg.INPUT.PIXEL_MEAN, cfg.INPUT.PIXEL_STD = list(model.mean), list(model.std)
