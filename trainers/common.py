@@ -15,6 +15,7 @@ the frozen CLIP (clip/ does that at every insertion point).
 from __future__ import annotations
 
 import contextlib
+import copy
 import re
 from dataclasses import dataclass
 from itertools import chain
@@ -318,20 +319,23 @@ def check_prompts_fit(clip_model: nn.Module, prompts: Sequence[str]) -> None:
 
 
 class TextPromptLearner(PromptLearner):
-    """Learned context tokens right after SOS of the prompts "<prefix> <class name>." (one per class).
+    """Learned context tokens right after SOS of the prompts "<prefix> <class name>." (one per class; the text
+    after the context is `class_template` formatted with the class name).
 
     Buffers `token_prefix` (SOS) and `token_suffix` (class tokens, ".", EOT, padding) keep the official
     names and shapes; they are rebuilt from the current class names, so `load_model` ignores them.
     """
 
     def __init__(self, clip_model: nn.Module, classnames: Sequence[str], ctx: nn.Parameter, prompt_prefix: str,
-                 n_ctx: int):
+                 n_ctx: int, class_template: str = "{}."):
         super().__init__()
         self.ctx = ctx
         names = [name.replace("_", " ") for name in classnames]
         self.name_lens = [len(_tokenizer.encode(name)) for name in names]
-        check_prompts_fit(clip_model, [f"{prompt_prefix} {name}." for name in names])
-        self.tokenized_prompts = clip.tokenize([f"{prompt_prefix} {name}." for name in names])
+        # what follows the context: "<class name>." by default, a dataset's words around the name for TCP
+        prompts = [f"{prompt_prefix} {class_template.format(name)}" for name in names]
+        check_prompts_fit(clip_model, prompts)
+        self.tokenized_prompts = clip.tokenize(prompts)
         device = clip_model.token_embedding.weight.device
         with torch.no_grad():
             embedding = clip_model.token_embedding(self.tokenized_prompts.to(device)).to(clip_model.dtype)
@@ -393,10 +397,28 @@ class TextPromptLearner(PromptLearner):
         features = []
         for start in range(0, self.n_cls, chunk):
             index = slice(start, min(start + chunk, self.n_cls))
+            # a deep prompt given per class ([n_cls, n, D], TCP's class-aware prompts) is cut like the classes
+            rows = [p[index] if p.dim() == 3 else p for p in deep]
             features.append(clip_model.encode_text_embeddings(
-                self.class_prompts(index), self.eot_indices[index], deep_prompts=deep,
-                plan=self.text_plan(index, options, deep)))
+                self.class_prompts(index), self.eot_indices[index], deep_prompts=rows,
+                plan=self.text_plan(index, options, rows)))
         return torch.cat(features)
+
+
+@torch.no_grad()
+def encode_texts(clip_model: nn.Module, texts: Sequence[str], options: SpeedOptions) -> torch.Tensor:
+    """[N, E] raw (not normalised) features of hand-written texts, in CLIP's dtype, in chunks of classes."""
+    device = clip_model.token_embedding.weight.device
+    chunk = options.chunk_size(len(texts))
+    parts = []
+    for start in range(0, len(texts), chunk):
+        tokens = clip.tokenize(list(texts[start:start + chunk]))
+        plan = options.text_plan(tokens.argmax(dim=-1).tolist(), tokens, [])  # tokens alone: nothing learned
+        tokens = tokens.to(device)
+        embeddings = clip_model.token_embedding(tokens).to(clip_model.dtype)
+        with fused_attention(options.fused_attention):
+            parts.append(clip_model.encode_text_embeddings(embeddings, tokens.argmax(dim=-1), plan=plan))
+    return torch.cat(parts)
 
 
 @torch.no_grad()
@@ -406,22 +428,24 @@ def encode_class_templates(clip_model: nn.Module, classnames: Sequence[str], tem
     normalised again (one template: its normalised features; several: the ZeroshotCLIP2 ensemble).
     `normalize_each=False` averages the raw features instead (PromptSRC's teacher, PROTOCOL §8 #20)."""
     names = [name.replace("_", " ") for name in classnames]
-    device = clip_model.token_embedding.weight.device
-    chunk = options.chunk_size(len(names))
     total = 0
     for template in templates:
-        parts = []
-        for start in range(0, len(names), chunk):
-            tokens = clip.tokenize([template.format(name) for name in names[start:start + chunk]])
-            plan = options.text_plan(tokens.argmax(dim=-1).tolist(), tokens, [])  # tokens alone: nothing learned
-            tokens = tokens.to(device)
-            embeddings = clip_model.token_embedding(tokens).to(clip_model.dtype)
-            with fused_attention(options.fused_attention):
-                parts.append(clip_model.encode_text_embeddings(embeddings, tokens.argmax(dim=-1), plan=plan))
-        features = torch.cat(parts).float()
+        features = encode_texts(clip_model, [template.format(name) for name in names], options).float()
         total = total + (features / features.norm(dim=-1, keepdim=True) if normalize_each else features)
     mean = total / len(templates)
     return mean / mean.norm(dim=-1, keepdim=True)
+
+
+@torch.no_grad()
+def fp32_template_features(clip_model: nn.Module, classnames: Sequence[str], templates: Sequence[str],
+                           options: SpeedOptions, normalize_each: bool = True) -> torch.Tensor:
+    """`encode_class_templates` computed in fp32 whatever the precision, as the official frozen teachers of
+    PromptSRC and ProGrad (their own fp32 CLIP): a temporary fp32 copy when the model holds fp16 weights,
+    autocast off."""
+    fp32_model = clip_model if clip_model.dtype == torch.float32 else copy.deepcopy(clip_model).float()
+    device_type = clip_model.logit_scale.device.type
+    with torch.autocast(device_type, enabled=False):
+        return encode_class_templates(fp32_model, classnames, templates, options, normalize_each=normalize_each)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -635,12 +659,16 @@ class PromptTrainer(TrainerX):
         image, label = self.parse_batch_train(batch)
         with self.precision.autocast():
             loss, logits = self.training_loss(image, label)
-        self.precision.backward_and_step(loss, self.optim)
+        self.backward_and_update(loss)
         summary = self.loss_summary(loss, logits, label)
         # Per-epoch LR schedule stepped on the last batch, as every official prompt trainer does.
         if (self.batch_idx + 1) == self.num_batches:
             self.update_lr()
         return summary
+
+    def backward_and_update(self, loss) -> None:
+        """One optimizer step from what `training_loss` returned (ProGrad: its two losses)."""
+        self.precision.backward_and_step(loss, self.optim)
 
     def training_loss(self, image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one training batch, run under the precision's autocast; cross-entropy by default."""

@@ -17,20 +17,25 @@ CLASS_TOKEN_POSITIONS = ("end", "middle", "front")
 class PromptLearner(TextPromptLearner):
     """Unified (or class-specific, CSC) context; the class tokens go at the end, the middle or the front."""
 
-    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module):
-        node = cfg.TRAINER.COOP
+    def __init__(self, cfg, classnames: Sequence[str], clip_model: nn.Module, method: str = "COOP"):
+        node = cfg.TRAINER[method]
         if node.CLASS_TOKEN_POSITION not in CLASS_TOKEN_POSITIONS:
-            raise ConfigError(f"TRAINER.COOP.CLASS_TOKEN_POSITION must be one of {', '.join(CLASS_TOKEN_POSITIONS)}; "
-                             f"got {node.CLASS_TOKEN_POSITION!r}")
-        class_specific = bool(node.CSC) and not node.CTX_INIT
-        if not node.CTX_INIT:
-            print("Initializing class-specific contexts" if class_specific else "Initializing a generic context")
-        ctx, prefix, n_ctx = init_text_context(clip_model, node.N_CTX, node.CTX_INIT, derive_n_ctx=True,
-                                               n_cls_specific=len(classnames) if class_specific else 0)
+            raise ConfigError(f"TRAINER.{method}.CLASS_TOKEN_POSITION must be one of "
+                             f"{', '.join(CLASS_TOKEN_POSITIONS)}; got {node.CLASS_TOKEN_POSITION!r}")
+        ctx, prefix, n_ctx = self.initial_context(cfg, node, classnames, clip_model)
         print(f'Initial context: "{prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         super().__init__(clip_model, classnames, ctx, prefix, n_ctx)
         self.class_token_position = node.CLASS_TOKEN_POSITION
+
+    def initial_context(self, cfg, node, classnames: Sequence[str], clip_model: nn.Module):
+        """(context parameter, prompt prefix string, number of context tokens) from the method's node:
+        CTX_INIT's words (N_CTX re-derived from it), else random, class-specific with CSC."""
+        class_specific = bool(node.CSC) and not node.CTX_INIT
+        if not node.CTX_INIT:
+            print("Initializing class-specific contexts" if class_specific else "Initializing a generic context")
+        return init_text_context(clip_model, node.N_CTX, node.CTX_INIT, derive_n_ctx=True,
+                                 n_cls_specific=len(classnames) if class_specific else 0)
 
     def assemble(self, prefix: torch.Tensor, ctx: torch.Tensor, suffix: torch.Tensor, index: slice) -> torch.Tensor:
         if self.class_token_position == "end":

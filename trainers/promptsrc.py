@@ -23,7 +23,6 @@ Deviations from the official trainer (PROTOCOL.md §4.8, §8 items 17-20), none 
 """
 from __future__ import annotations
 
-import copy
 import math
 from typing import NamedTuple, Sequence
 
@@ -35,8 +34,7 @@ from clip.model import fused_attention
 from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import (PromptedCLIP, PromptTrainer, SpeedOptions, cosine_logits, encode_class_templates,
-                     l2_normalize)
+from .common import PromptedCLIP, PromptTrainer, SpeedOptions, cosine_logits, fp32_template_features, l2_normalize
 from .imagenet_templates import IMAGENET_TEMPLATES
 from .independentVL import VLPromptLearner
 from .method import MethodSpec
@@ -119,14 +117,9 @@ class PromptSRCOutputs(NamedTuple):
     teacher_image_features: torch.Tensor  # [B, E] frozen CLIP, no prompts
 
 
-@torch.no_grad()
 def teacher_text_features(clip_model: nn.Module, classnames: Sequence[str], options: SpeedOptions) -> torch.Tensor:
-    """[C, E] normalised mean of the raw 60-template features, computed in fp32 like the official teacher
-    (a temporary fp32 copy when the model holds fp16 weights; autocast off)."""
-    fp32_model = clip_model if clip_model.dtype == torch.float32 else copy.deepcopy(clip_model).float()
-    device_type = clip_model.logit_scale.device.type
-    with torch.autocast(device_type, enabled=False):
-        return encode_class_templates(fp32_model, classnames, PROMPTSRC_TEMPLATES, options, normalize_each=False)
+    """[C, E] normalised mean of the raw 60-template features, computed in fp32 like the official teacher."""
+    return fp32_template_features(clip_model, classnames, PROMPTSRC_TEMPLATES, options, normalize_each=False)
 
 
 class PromptSRCCLIP(PromptedCLIP):

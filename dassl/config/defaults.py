@@ -91,6 +91,8 @@ _C.OPTIM.SGD_NESTEROV = False
 _C.OPTIM.RMSPROP_ALPHA = 0.99
 _C.OPTIM.ADAM_BETA1 = 0.9
 _C.OPTIM.ADAM_BETA2 = 0.999
+# Adam / AMSGrad epsilon (torch's default). TCP's README sets 1e-3 in its Dassl copy: fp16 parameters give NaNs otherwise.
+_C.OPTIM.ADAM_EPS = 1e-8
 _C.OPTIM.STAGED_LR = False  # children named in NEW_LAYERS get LR, the rest LR * BASE_LR_MULT
 _C.OPTIM.NEW_LAYERS = ()
 _C.OPTIM.BASE_LR_MULT = 0.1

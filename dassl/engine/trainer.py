@@ -280,6 +280,46 @@ class TrainerBase:
         self.model_backward(loss)
         self.model_update(names)
 
+    def prograd_backward_and_update(self, loss_a: torch.Tensor, loss_b: torch.Tensor, lambda_: float = 1,
+                                    names=None) -> None:
+        """ProGrad's update (the Dassl fork of the ProGrad / KgCoOp / TCP repositories): step with the gradient
+        g_a of `loss_a` (the task loss), except that a parameter tensor whose g_a conflicts with the gradient
+        g_b of `loss_b` (the zero-shot KL; cos(g_a, g_b) < 0) steps with g_a - lambda_ * (g_a . u) u,
+        u = g_b / |g_b|: its component against the general direction removed (lambda_ = 1) or reduced.
+
+        Per parameter tensor, as the fork. Unlike it: parameters without a gradient are left alone (the fork
+        fails on them), the conflict test runs on the device (no host synchronisation per tensor), and a
+        registered GradScaler (amp) scales both losses, so the projection sees the same directions."""
+        names = self.get_model_names(names)
+        self.model_zero_grad(names)
+        scalers = {self._scalers.get(name) for name in names} - {None}
+        scaler = scalers.pop() if len(scalers) == 1 else None
+        scale = scaler.scale if scaler is not None else (lambda loss: loss)
+        params = [p for name in names for p in self._models[name].parameters() if p.requires_grad]
+        scale(loss_b).backward(retain_graph=True)
+        general = [None if p.grad is None else p.grad.detach().clone() for p in params]
+        self.model_zero_grad(names)
+        scale(loss_a).backward()
+        with torch.no_grad():
+            for p, b_grad in zip(params, general):
+                if p.grad is None or b_grad is None:
+                    continue
+                a_grad = p.grad.flatten()
+                unit = b_grad.flatten() / torch.linalg.norm(b_grad)
+                along = torch.dot(a_grad, unit)
+                conflicting = torch.dot(a_grad / torch.linalg.norm(a_grad), unit) < 0
+                p.grad.copy_(torch.where(conflicting, a_grad - lambda_ * along * unit, a_grad).view_as(p.grad))
+        for name in names:
+            optim = self._optims[name]
+            if optim is None:
+                continue
+            if scaler is not None:
+                scaler.step(optim)
+            else:
+                optim.step()
+        if scaler is not None:
+            scaler.update()
+
 
 class SimpleTrainer(TrainerBase):
     """A trainer driven by a config: data from DataManager, one evaluator, resume from the output folder."""

@@ -47,7 +47,8 @@ def build_optimizer(model, optim_cfg, param_groups=None) -> torch.optim.Optimize
 
     if name in ("adam", "amsgrad"):
         return torch.optim.Adam(
-            param_groups, lr=lr, weight_decay=weight_decay, betas=betas, amsgrad=(name == "amsgrad")
+            param_groups, lr=lr, weight_decay=weight_decay, betas=betas, eps=optim_cfg.ADAM_EPS,
+            amsgrad=(name == "amsgrad")
         )
     if name == "sgd":
         return torch.optim.SGD(
