@@ -78,15 +78,21 @@ def search_grid(scale: float, steps: int) -> list[float]:
 def search_alpha_beta(features: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, keys: torch.Tensor,
                       values: torch.Tensor, scales: Sequence[float], steps: Sequence[int]) -> tuple[float, float, float]:
     """(beta, alpha, accuracy %) of the official search on (features, labels): beta outer, alpha inner, the first
-    setting of the highest accuracy (the official loop replaces its best only on a strictly higher one)."""
+    setting of the highest accuracy (the official loop replaces its best only on a strictly higher one). The
+    zero-shot logits and the affinities are computed once; the counts stay on the device until the end."""
     betas, alphas = search_grid(scales[0], steps[0]), search_grid(scales[1], steps[1])
-    best = (-1, 0.0, 0.0)
-    for beta in betas:
-        for alpha in alphas:
-            correct = int((tip_logits(features, text, keys, values, alpha, beta).argmax(dim=1) == labels).sum())
-            if correct > best[0]:
-                best = (correct, beta, alpha)
-    return best[1], best[2], 100.0 * best[0] / len(labels)
+    with torch.autocast(features.device.type, enabled=False):
+        features, text, keys, values = features.float(), text.float(), keys.float(), values.float()
+        clip_logits = CLIP_LOGIT_SCALE * features @ text.t()
+        affinity = features @ keys.t()
+        counts = torch.zeros(len(betas), len(alphas), dtype=torch.long, device=features.device)
+        for i, beta in enumerate(betas):
+            cache = ((-1) * (beta - beta * affinity)).exp() @ values
+            for j, alpha in enumerate(alphas):
+                counts[i, j] = ((clip_logits + cache * alpha).argmax(dim=1) == labels).sum()
+    best = int(counts.flatten().argmax())  # the first maximum in beta-outer, alpha-inner order
+    i, j = divmod(best, len(alphas))
+    return betas[i], alphas[j], 100.0 * float(counts[i, j]) / len(labels)
 
 
 # --------------------------------------------------------------------------------------------------------
