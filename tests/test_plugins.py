@@ -176,16 +176,19 @@ def test_train_py_runs_a_plugin_that_replaces_coop_with_its_own_keys(tmp_path):
 
 
 def test_cuda_calls_are_kept_on_the_cpu_while_active_and_restored_after():
-    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to
     tensor, module = torch.ones(2), torch.nn.Linear(2, 2)
     with plugins.cuda_calls_kept_on_cpu(active=False):
-        assert (torch.Tensor.cuda, torch.nn.Module.cuda) == saved
+        assert (torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to) == saved
     with pytest.raises(ZeroDivisionError):
         with plugins.cuda_calls_kept_on_cpu(active=True):
             assert tensor.cuda() is tensor and tensor.cuda(0, non_blocking=True) is tensor
             assert module.cuda() is module and module.weight.device.type == "cpu"
+            assert tensor.to("cuda").device.type == "cpu"
+            assert tensor.to(device=torch.device("cuda:0")).device.type == "cpu"
+            assert tensor.to("cuda", torch.float16).dtype == torch.float16
             1 / 0
-    assert (torch.Tensor.cuda, torch.nn.Module.cuda) == saved
+    assert (torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to) == saved
 
 
 CUDA_CALLING_COOP = """

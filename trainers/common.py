@@ -634,10 +634,15 @@ class PromptTrainer(TrainerX):
         self.model.to(self.device)
         # The trained parts only: the same updates as the official optimizer over the whole model (frozen tensors
         # get no gradient), without optimizer state for the frozen CLIP.
-        self.optim = build_optimizer([p for p in module.parameters() if p.requires_grad], cfg.OPTIM)
-        self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
+        self.optim, self.sched = self.build_optimization([p for p in module.parameters() if p.requires_grad])
         self.register_model(self.MODEL_NAME, module, self.optim, self.sched, self.precision.scaler)
         print(f"Trained parameters: {trained_parameter_count(self):,}")
+
+    def build_optimization(self, params: list[nn.Parameter]) -> tuple:
+        """(optimizer, LR scheduler) of the trained parameters: OPTIM's, stepped per epoch (Dassl). A method whose
+        official code optimises otherwise (Tip-Adapter-F: AdamW stepped per iteration) overrides it."""
+        optim = build_optimizer(params, self.cfg.OPTIM)
+        return optim, build_lr_scheduler(optim, self.cfg.OPTIM)
 
     def registered_module(self) -> nn.Module:
         """What is checkpointed under MODEL_NAME: the prompt learner (CoOp/CoCoOp's official layout), else the

@@ -104,17 +104,21 @@ def _add_project_keys(cfg: CN) -> None:
 
 def extend_cfg(cfg: CN) -> None:
     """Add every method key (official and project), then the keys of every registered trainer and dataset
-    class that defines a static `extend_cfg(cfg)`."""
+    class, and of every built-in trainer, that defines a static `extend_cfg(cfg)`."""
     _add_official_keys(cfg)
     _add_project_keys(cfg)
     from dassl.data.datasets import DATASET_REGISTRY
     from dassl.engine import TRAINER_REGISTRY
+    from trainers import BUILT_IN_TRAINERS
 
-    for registry in (TRAINER_REGISTRY, DATASET_REGISTRY):
-        for name in registry.registered_names():
-            hook = getattr(registry.get(name), "extend_cfg", None)
-            if callable(hook):
-                hook(cfg)
+    classes = [registry.get(name) for registry in (TRAINER_REGISTRY, DATASET_REGISTRY)
+               for name in registry.registered_names()]
+    # a built-in replaced by an --import module keeps its keys (the official CLIP_Adapter file has none)
+    classes += [cls for cls in BUILT_IN_TRAINERS.values() if cls not in classes]
+    for cls in classes:
+        hook = getattr(cls, "extend_cfg", None)
+        if callable(hook):
+            hook(cfg)
 
 
 PIXEL_STATS = ("backbone", "config")

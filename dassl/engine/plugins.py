@@ -172,28 +172,48 @@ def _stay(self, *args, **kwargs):
     return self
 
 
+def _is_cuda_device(value) -> bool:
+    """Whether a `.to()` argument names a CUDA device ("cuda", "cuda:0", torch.device("cuda")); dtypes, tensors
+    and other devices do not."""
+    return isinstance(value, (str, torch.device)) and torch.device(value).type == "cuda"
+
+
+def _tensor_to_kept_on_cpu(saved_to):
+    """`Tensor.to` with a CUDA device (`x.to("cuda")`, the official CLIP-Adapter file's tokens) going to the CPU
+    instead; dtype conversions and every other call are unchanged."""
+    def to(self, *args, **kwargs):
+        args = tuple("cpu" if _is_cuda_device(arg) else arg for arg in args)
+        if _is_cuda_device(kwargs.get("device")):
+            kwargs["device"] = "cpu"
+        return saved_to(self, *args, **kwargs)
+    return to
+
+
 def keeps_cuda_calls_on_cpu(imports: Sequence[str], use_cuda: bool) -> bool:
     """Whether a run with these --import modules and USE_CUDA needs `cuda_calls_kept_on_cpu`: it has imported
     modules and its device is the CPU."""
     return bool(imports) and training_device(use_cuda).type == "cpu"
 
 
-CUDA_CALLS_NOTE = "this run is on the CPU: .cuda() calls of imported modules leave tensors and modules on the CPU"
+CUDA_CALLS_NOTE = ("this run is on the CPU: .cuda() and .to('cuda') calls of imported modules leave tensors "
+                   "and modules on the CPU")
 
 
 @contextlib.contextmanager
 def cuda_calls_kept_on_cpu(active: bool) -> Iterator[None]:
-    """While it lasts (if `active`), `Tensor.cuda()` and `Module.cuda()` return their object unchanged: a
-    trainer file written for GPUs (the official VPT and PromptSRC files move their fixed text features and
-    their frozen CLIP with `.cuda()`) then runs unchanged on the CPU, where the model and the batches are.
+    """While it lasts (if `active`), `Tensor.cuda()` and `Module.cuda()` return their object unchanged and
+    `Tensor.to("cuda")` goes to the CPU: a trainer file written for GPUs (the official VPT and PromptSRC files
+    move their fixed text features and their frozen CLIP with `.cuda()`, the official CLIP-Adapter file its
+    tokens with `.to('cuda')`) then runs unchanged on the CPU, where the model and the batches are.
     This project's own code never calls `.cuda()`. train.py, api.py and predict.py make it active for runs
     on the CPU with --import modules, and print CUDA_CALLS_NOTE once."""
     if not active:
         yield
         return
-    saved = torch.Tensor.cuda, torch.nn.Module.cuda
+    saved = torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to
     torch.Tensor.cuda, torch.nn.Module.cuda = _stay, _stay
+    torch.Tensor.to = _tensor_to_kept_on_cpu(saved[2])
     try:
         yield
     finally:
-        torch.Tensor.cuda, torch.nn.Module.cuda = saved
+        torch.Tensor.cuda, torch.nn.Module.cuda, torch.Tensor.to = saved
