@@ -9,8 +9,9 @@ import sys
 import pytest
 import torch
 
-from dassl.engine import TRAINER_REGISTRY
 from openclip_testutils import tiny_checkpoint
+from trainers import BUILT_IN_TRAINERS
+from trainers.method import spec_of
 from trainers_testutils import REPO, clip_state, demo_trainer, same_tensors
 
 pytest.importorskip("open_clip")
@@ -18,8 +19,9 @@ pytest.importorskip("open_clip")
 
 def _tiny_config(trainer: str) -> str:
     """The trainer's tiny plumbing config, or CoOp's for a trainer without one (the zero-shot ones)."""
-    own = os.path.join("configs", "trainers", trainer, "tiny.yaml")
-    return f"{trainer}/tiny.yaml" if os.path.isfile(os.path.join(REPO, own)) else "CoOp/tiny.yaml"
+    folder = spec_of(BUILT_IN_TRAINERS[trainer]).config_dir
+    own = os.path.join("configs", "trainers", folder, "tiny.yaml")
+    return f"{folder}/tiny.yaml" if os.path.isfile(os.path.join(REPO, own)) else "CoOp/tiny.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -30,10 +32,11 @@ def backbone(tmp_path_factory):
             "opts": ["MODEL.BACKBONE.NAME", f"openclip:{config}", "MODEL.BACKBONE.PATH", checkpoint]}
 
 
-@pytest.mark.parametrize("name", sorted(TRAINER_REGISTRY.registered_names()))
+# the project's trainers (the registry also holds the official-style files that other test modules register)
+@pytest.mark.parametrize("name", sorted(BUILT_IN_TRAINERS))
 def test_every_trainer_trains_a_step_and_evaluates_on_an_openclip_file(name, backbone, tmp_path):
     # the base half of the classes where the method can be tested on novel ones (fewer classes, faster)
-    classes = "base" if getattr(TRAINER_REGISTRY.get(name), "TRANSFERS_TO_UNSEEN_CLASSES", True) else "all"
+    classes = "base" if spec_of(BUILT_IN_TRAINERS[name]).transfers_to_unseen else "all"
     trainer = demo_trainer(name, _tiny_config(name), backbone["data"], str(tmp_path), *backbone["opts"],
                            "OPTIM.MAX_EPOCH", "1", "DATASET.NUM_SHOTS", "1", "DATASET.SUBSAMPLE_CLASSES", classes)
     holder = trainer.model if hasattr(trainer, "model") else trainer  # the probe holds the frozen CLIP itself

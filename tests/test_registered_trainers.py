@@ -97,7 +97,9 @@ def test_resumed_run_equals_the_uninterrupted_one(name, config, spec, data_root,
     assert resumed.start_epoch == 1
     (model_name,) = full.get_model_names()
     expected, got = full._models[model_name].state_dict(), resumed._models[model_name].state_dict()
-    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    # a module's extra state (Tip-Adapter's class names) is a plain value, not a tensor
+    assert all(torch.equal(expected[k], got[k]) if torch.is_tensor(expected[k]) else expected[k] == got[k]
+               for k in expected)
 
 
 @pytest.mark.parametrize("name,config,spec", CASES, ids=IDS)

@@ -198,7 +198,9 @@ class _TipAdapterBase(PromptTrainer):
         print(f"Prompt templates: {templates}")
         options = SpeedOptions.from_cfg(self.cfg)
         text_features = encode_class_templates(clip_model, classnames, templates, options)
-        labels = torch.tensor([item.label for item in self.dm.dataset.train_x])
+        # predict.py and the API build a trainer without a training set: the checkpoint then sizes the cache
+        train_x = getattr(self.dm.dataset, "train_x", [])
+        labels = torch.tensor([item.label for item in train_x], dtype=torch.long)
         cache = CacheModel(labels, classnames, text_features.shape[1], node.INIT_ALPHA, node.INIT_BETA)
         return TipAdapterCLIP(clip_model, text_features, cache, options)
 
@@ -303,7 +305,8 @@ class TipAdapterF(_TipAdapterBase):
         optim_cfg = self.cfg.OPTIM
         optim = torch.optim.AdamW(params, lr=optim_cfg.LR, weight_decay=optim_cfg.WEIGHT_DECAY,
                                   betas=(optim_cfg.ADAM_BETA1, optim_cfg.ADAM_BETA2), eps=self.method_cfg.ADAMW_EPS)
-        iterations = max(optim_cfg.MAX_EPOCH * len(self.train_loader_x), 1)
+        # predict.py and the API have no training loader: their scheduler is never stepped
+        iterations = max(optim_cfg.MAX_EPOCH * len(self.train_loader_x or ()), 1)
         return optim, torch.optim.lr_scheduler.CosineAnnealingLR(optim, iterations)
 
     def before_train(self) -> None:
