@@ -22,6 +22,7 @@ from dassl.utils.distributed import (
     agree_on_seed,
     init_distributed,
     is_main_process,
+    read_launch_env,
     shutdown_distributed,
     silence_stdout,
 )
@@ -246,6 +247,10 @@ def _main(args: argparse.Namespace):
     if args.check_run_folder:
         check_run_folder(cfg, cfg.OUTPUT_DIR, identity=run_identity(cfg, args))
         return None
+    from trainers.method import check_launch  # after the plugins: their trainers declare SPECs too
+
+    launch = read_launch_env()
+    check_launch(TRAINER_REGISTRY.get(cfg.TRAINER.NAME), launch.world_size if launch else 1)
     launch = init_distributed(cfg.USE_CUDA)
     on_cpu = plugins.keeps_cuda_calls_on_cpu(args.imports, cfg.USE_CUDA)
     if on_cpu:

@@ -11,7 +11,7 @@ from dassl.utils import trainable_state_dict
 from trainers.common import FixedTextLearner, PromptedCLIP, PromptTrainer, SpeedOptions
 from trainers.method import (EPOCHS, FIT, NOTHING, PROTOCOLS, MethodSpec, freeze_all_but_trained, is_trained,
                              registered_specs, spec_of, trained_parameter_count)
-from trainers_testutils import REPO, demo_trainer, fp32_clip
+from trainers_testutils import REPO, demo_args, demo_trainer, fp32_clip
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +152,27 @@ def test_scripts_name_a_missing_default_config(capsys, monkeypatch):
     assert capsys.readouterr().err.strip() == ("scripts.methods: error: no default config for trainer 'Fresh' in "
                                                "protocol 'xd' (its SPEC declares none): set CFG (see "
                                                "configs/trainers/Fresh/)")
+
+
+@pytest.mark.parametrize("name", ["TipAdapter", "LinearProbeCLIP"])
+def test_a_one_process_method_refuses_a_multi_process_launch(name, data_root, tmp_path, monkeypatch, capsys):
+    import train
+
+    for key, value in {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "localhost", "MASTER_PORT": "29500"}.items():
+        monkeypatch.setenv(key, value)
+    args = train.build_parser().parse_args(demo_args(name, f"{name}/tiny.yaml", data_root, str(tmp_path / "run"),
+                                                     "DATASET.SUBSAMPLE_CLASSES", "all"))
+    with pytest.raises(SystemExit) as stop:
+        train.main(args)
+    assert stop.value.code == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{name} runs in one process only" in line and "2 processes" in line and "without torchrun" in line
+    assert not os.path.exists(tmp_path / "run")  # refused before the run folder or anything else was made
+
+
+def test_a_distributed_method_passes_the_launch_check():
+    from trainers import BUILT_IN_TRAINERS
+    from trainers.method import check_launch
+
+    check_launch(BUILT_IN_TRAINERS["CoOp"], 8)
+    check_launch(BUILT_IN_TRAINERS["TipAdapter"], 1)

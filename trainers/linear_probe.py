@@ -47,7 +47,7 @@ from dassl.data import DatasetWrapper
 from dassl.data.datasets import build_dataset
 from dassl.engine import TRAINER_REGISTRY, TrainerX
 from dassl.utils import write_bytes_atomic, write_json_atomic
-from dassl.utils.distributed import evaluate_gathered, is_distributed
+from dassl.utils.distributed import evaluate_gathered
 from dassl.utils.errors import InputError
 
 from .common import Precision, check_input_size, check_precision, load_clip_model
@@ -352,9 +352,6 @@ class LinearProbeCLIP(TrainerX):
         if cfg.TEST.FINAL_MODEL == "best_val":
             raise ConfigError("LinearProbeCLIP chooses C on the validation shots itself and keeps that classifier: "
                               "TEST.FINAL_MODEL best_val does not apply to it (use last_step)")
-        if is_distributed():
-            raise ConfigError("LinearProbeCLIP fits its classifier in one process (scikit-learn): run it without "
-                              "torchrun; the feature extraction is the only part that uses the GPU")
 
     def build_model(self) -> None:
         cfg = self.cfg

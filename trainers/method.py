@@ -118,6 +118,15 @@ def spec_of(trainer_class: type) -> MethodSpec:
     )
 
 
+def check_launch(trainer_class: type, world_size: int) -> None:
+    """A method that declares `distributed=False` refuses a multi-process launch (torchrun, srun) before anything
+    is built, in one line."""
+    if world_size > 1 and not spec_of(trainer_class).distributed:
+        raise ConfigError(f"{trainer_class.__name__} runs in one process only (its SPEC declares distributed=False), "
+                          f"but this launch has {world_size} processes: start it as `python train.py ...` without "
+                          "torchrun or srun (docs/DISTRIBUTED.md)")
+
+
 def own_config_nodes(trainer_class: type) -> tuple[str, ...]:
     """The TRAINER.<NODE> nodes the trainer reads: TRAINER.<METHOD_KEY>, its precision key's node and its
     declared `config_nodes`; () for a trainer that declares none of them (its nodes are unknown)."""
