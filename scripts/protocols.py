@@ -25,8 +25,9 @@ DEFAULT_SOURCE = "imagenet"
 # The methods of the cross-dataset, domain-generalisation and few-shot tables in the papers' order (zero-shot
 # CLIP, the linear probe, CoOp, CoCoOp, then the later methods as PromptSRC's and TCP's tables list them);
 # any other trainer follows, alphabetically.
+# (the adapters after the prompt methods, in their papers' order: CLIP-Adapter, Tip-Adapter, Tip-Adapter-F)
 METHOD_ORDER = ("ZeroshotCLIP", "ZeroshotCLIP2", "LinearProbeCLIP", "CoOp", "CoCoOp", "ProGrad", "KgCoOp", "MaPLe",
-                "PromptSRC", "TCP")
+                "PromptSRC", "TCP", "CLIP_Adapter", "TipAdapter", "TipAdapterF")
 
 # The papers' rows, keyed by the (trainer, config) that produces them with these scripts: ViT-B/16, 16 shots,
 # averaged over three seeds. Cross-dataset: MaPLe arXiv 2210.03117 Table 2 (its CoOp and CoCoOp rows are
