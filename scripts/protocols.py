@@ -22,10 +22,9 @@ TARGETS = {
 PROTOCOLS = ("base2new", "xd", "dg", "fewshot")
 DEFAULT_SOURCE = "imagenet"
 
-# The methods of the cross-dataset, domain-generalisation and few-shot tables in the papers' order (zero-shot
-# CLIP, the linear probe, CoOp, CoCoOp, then the later methods as PromptSRC's and TCP's tables list them);
+# The methods of every table in the papers' order (zero-shot CLIP, the linear probe, CoOp, CoCoOp, then the
+# later prompt methods as PromptSRC's and TCP's tables list them, then the adapters in their papers' order);
 # any other trainer follows, alphabetically.
-# (the adapters after the prompt methods, in their papers' order: CLIP-Adapter, Tip-Adapter, Tip-Adapter-F)
 METHOD_ORDER = ("ZeroshotCLIP", "ZeroshotCLIP2", "LinearProbeCLIP", "CoOp", "CoCoOp", "ProGrad", "KgCoOp", "MaPLe",
                 "PromptSRC", "TCP", "CLIP_Adapter", "TipAdapter", "TipAdapterF")
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from scripts.logs import collect_runs, mean, spread, visible_subdirs
+from scripts.protocols import METHOD_ORDER
 
 # The papers' dataset order; other datasets (e.g. demo) follow alphabetically.
 PAPER_ORDER = (
@@ -22,9 +23,6 @@ PAPER_ORDER = (
     "fgvc_aircraft", "sun397", "dtd", "eurosat", "ucf101",
 )
 
-# The methods in the order of the MaPLe paper's Table 1: zero-shot CLIP first, then CoOp and CoCoOp; the
-# other trainers follow alphabetically.
-METHOD_ORDER = ("ZeroshotCLIP", "CoOp", "CoCoOp")
 
 # 11-dataset averages (base, novel, HM) published in the MaPLe and PromptSRC READMEs (PROTOCOL.md §7),
 # keyed by the (trainer, config) that produces them with these scripts.

@@ -142,7 +142,8 @@ def test_methods_in_the_maple_paper_order_zero_shot_clip_first(tmp_path):
         write(os.path.join(str(tmp_path), "train_base", common), training_log(70.0))
         write(os.path.join(str(tmp_path), "test_new", common), eval_log(60.0))
     table = Base2NewTable.from_tree(str(tmp_path))
-    paper_order = ["ZeroshotCLIP", "CoOp", "CoCoOp", "IVLP", "MaPLe", "VPT"]
+    # scripts/protocols.METHOD_ORDER (the papers' methods), then the others (the ablations) alphabetically
+    paper_order = ["ZeroshotCLIP", "CoOp", "CoCoOp", "MaPLe", "IVLP", "VPT"]
     assert [method.trainer for method in table.methods] == paper_order
     # The plot draws (and lists in its legend) the methods in the same order: zero-shot CLIP is the first point.
     assert [method.trainer for method, _, _ in plot_series(table)] == paper_order
