@@ -147,6 +147,12 @@ class CustomCLIP(nn.Module):
 class OfficialStyleCoOp(TrainerX):
     """Context Optimization (CoOp), Zhou et al., IJCV 2022, in the official file's shape."""
 
+    # the CoOp followers in tests/ (KgCoOp, ProGrad) read their own node and build their own CustomCLIP
+    CONFIG_NODE = "COOP"
+
+    def build_custom_clip(self, classnames, clip_model):
+        return CustomCLIP(self.cfg, classnames, clip_model)
+
     def check_cfg(self, cfg):
         assert cfg.TRAINER.COOP.PREC in ["fp16", "fp32", "amp"]
         assert not cfg.TRAINER.COOP.CSC and not cfg.TRAINER.COOP.CTX_INIT, (
@@ -164,12 +170,13 @@ class OfficialStyleCoOp(TrainerX):
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip_to_cpu(cfg)
 
-        if cfg.TRAINER.COOP.PREC == "fp32" or cfg.TRAINER.COOP.PREC == "amp":
+        prec = cfg.TRAINER[self.CONFIG_NODE].PREC
+        if prec == "fp32" or prec == "amp":
             # CLIP's default precision is fp16
             clip_model.float()
 
         print("Building custom CLIP")
-        self.model = CustomCLIP(cfg, classnames, clip_model)
+        self.model = self.build_custom_clip(classnames, clip_model)
 
         print("Turning off gradients in both the image and the text encoder")
         for name, param in self.model.named_parameters():
@@ -185,7 +192,7 @@ class OfficialStyleCoOp(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
 
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.TRAINER.COOP.PREC == "amp" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if prec == "amp" else None
 
         device_count = torch.cuda.device_count()
         if device_count > 1:

@@ -78,3 +78,13 @@ def clip_state(model) -> dict:
 
 def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def colors_trainer(trainer: str, config: str, root: str, output_dir: str, *opts: str):
+    """`trainer` with the config `config` (under configs/trainers/) on the TinyColors dataset of
+    dassl_testutils.make_color_dataset at `root` (2 shots), seeded: two trainers built so from the same
+    arguments draw the same initial prompts (the official-style comparisons)."""
+    cfg = method_cfg(config, "TRAINER.NAME", trainer, "DATASET.NAME", "TinyColors", "DATASET.ROOT", root,
+                     "DATASET.NUM_SHOTS", "2", "OUTPUT_DIR", output_dir, *opts)
+    set_random_seed(1)
+    return build_trainer(cfg)
