@@ -32,7 +32,6 @@ INIT_WORDS = "a photo of a"  # what the official CTX_INIT True stands for
 class PromptLearner(ContextPromptLearner):
     def __init__(self, cfg, classnames, clip_model):
         node = cfg.TRAINER.KGCOOP
-        assert node.CTX_INIT in ("", INIT_WORDS), f"OfficialStyleKgCoOp: CTX_INIT is '' or {INIT_WORDS!r}"
         if node.CTX_INIT:
             n_ctx = len(INIT_WORDS.split(" "))  # 4 words: the MaPLe-style learner takes them all
         else:
@@ -84,14 +83,11 @@ class OfficialStyleKgCoOp(OfficialStyleCoOp):
     and load_model (which drops the class-name buffers) come from the CoOp-style file."""
 
     CONFIG_NODE = "KGCOOP"
+    custom_clip_class = CustomCLIP
+    PRECISIONS = ["fp16", "fp32"]
 
-    def check_cfg(self, cfg):
-        node = cfg.TRAINER.KGCOOP
-        assert node.PREC in ["fp16", "fp32"], "OfficialStyleKgCoOp: PREC fp16 or fp32 (the official amp branch fails)"
-        assert not node.CSC and node.CLASS_TOKEN_POSITION == "end", "OfficialStyleKgCoOp: a generic context, class at the end"
-
-    def build_custom_clip(self, classnames, clip_model):
-        return CustomCLIP(self.cfg, classnames, clip_model)
+    def check_context_init(self, node):
+        assert node.CTX_INIT in ("", INIT_WORDS), f"OfficialStyleKgCoOp: CTX_INIT is '' or {INIT_WORDS!r}"
 
     def build_model(self):
         super().build_model()

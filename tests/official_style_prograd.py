@@ -19,7 +19,8 @@ from dassl.metrics import compute_accuracy
 
 from clip import clip
 import official_style_coop
-from official_style_coop import OfficialStyleCoOp, _tokenizer, load_clip_to_cpu
+from official_style_coop import OfficialStyleCoOp, load_clip_to_cpu
+from official_style_maple import ContextPromptLearner
 
 CUSTOM_TEMPLATES = {
     "OxfordPets": "a type of pet, a photo of a {}.",
@@ -39,46 +40,35 @@ def dataset_template(cfg):
     return CUSTOM_TEMPLATES.get(cfg.DATASET.NAME, "a photo of a {}.")
 
 
-class PromptLearner(official_style_coop.PromptLearner):
-    """Its own construction; the forward (SOS, context, class tokens) is the CoOp-style file's."""
+class PromptLearner(ContextPromptLearner):
+    """CoOp's context; with CTX_INIT True its own construction from the template, then the MaPLe-style file's
+    fixed class tokens and forward (SOS, context, class tokens)."""
 
     def __init__(self, cfg, classnames, clip_model):
-        nn.Module.__init__(self)
         node = cfg.TRAINER.PROGRAD
         n_ctx = node.N_CTX
-        dtype = clip_model.dtype
-        ctx_dim = clip_model.ln_final.weight.shape[0]
-        assert cfg.INPUT.SIZE[0] == clip_model.visual.input_resolution, "cfg_imsize must equal the backbone's"
-
-        if node.CTX_INIT:
-            ctx_init = dataset_template(cfg).replace(" {}.", "").replace("_", " ")
-            prompt_n_ctx = len(ctx_init.split(" "))
-            assert n_ctx >= prompt_n_ctx, f"#tokens ({n_ctx}) should be >= the initial prompt's words ({prompt_n_ctx})"
-            with torch.no_grad():
-                embedding = clip_model.token_embedding(clip.tokenize(ctx_init)).type(dtype)
-            # the phrase's words fill the last context vectors; the first ones start at zero
-            ctx_vectors = torch.zeros(n_ctx, ctx_dim, dtype=dtype)
-            ctx_vectors[n_ctx - prompt_n_ctx:, :] = embedding[0, 1:1 + prompt_n_ctx, :]
-            prompt_prefix = " ".join(["X"] * (n_ctx - prompt_n_ctx)) + " " + ctx_init
-        else:
+        if not node.CTX_INIT:
             print("Initializing a generic context")
-            ctx_vectors = torch.empty(n_ctx, ctx_dim, dtype=dtype)
-            nn.init.normal_(ctx_vectors, std=0.02)
-            prompt_prefix = " ".join(["X"] * n_ctx)
+            super().__init__(classnames, clip_model, n_ctx, "", cfg.INPUT.SIZE[0])
+            return
+        nn.Module.__init__(self)
+        assert cfg.INPUT.SIZE[0] == clip_model.visual.input_resolution, "cfg_imsize must equal the backbone's"
+        ctx_init = dataset_template(cfg).replace(" {}.", "").replace("_", " ")
+        prompt_n_ctx = len(ctx_init.split(" "))
+        assert n_ctx >= prompt_n_ctx, f"#tokens ({n_ctx}) should be >= the initial prompt's words ({prompt_n_ctx})"
+        with torch.no_grad():
+            embedding = clip_model.token_embedding(clip.tokenize(ctx_init)).type(clip_model.dtype)
+        # the phrase's words fill the last context vectors; the first ones start at zero
+        ctx_vectors = torch.zeros(n_ctx, clip_model.ln_final.weight.shape[0], dtype=clip_model.dtype)
+        ctx_vectors[n_ctx - prompt_n_ctx:, :] = embedding[0, 1:1 + prompt_n_ctx, :]
+        prompt_prefix = " ".join(["X"] * (n_ctx - prompt_n_ctx)) + " " + ctx_init
         print(f'Initial context: "{prompt_prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)
+        self.register_class_tokens(classnames, clip_model, prompt_prefix, n_ctx)
 
-        classnames = [name.replace("_", " ") for name in classnames]
-        tokenized_prompts = torch.cat([clip.tokenize(prompt_prefix + " " + name + ".") for name in classnames])
-        with torch.no_grad():
-            embedding = clip_model.token_embedding(tokenized_prompts).type(dtype)
-        # the fixed tokens around the context, dropped by load_model (they follow the current class names)
-        self.register_buffer("token_prefix", embedding[:, :1, :])
-        self.register_buffer("token_suffix", embedding[:, 1 + n_ctx:, :])
-        self.n_cls, self.n_ctx = len(classnames), n_ctx
-        self.tokenized_prompts = tokenized_prompts
-        self.name_lens = [len(_tokenizer.encode(name)) for name in classnames]
+    def forward(self):
+        return self.text_prompts()
 
 
 class CLIP(nn.Module):
@@ -123,14 +113,11 @@ class OfficialStyleProGrad(OfficialStyleCoOp):
     load_model come from the CoOp-style file."""
 
     CONFIG_NODE = "PROGRAD"
+    custom_clip_class = CustomCLIP
+    PRECISIONS = ["fp16", "fp32"]
 
-    def check_cfg(self, cfg):
-        node = cfg.TRAINER.PROGRAD
-        assert node.PREC in ["fp16", "fp32"], "OfficialStyleProGrad: PREC fp16 or fp32 (the official amp branch fails)"
-        assert not node.CSC and node.CLASS_TOKEN_POSITION == "end", "OfficialStyleProGrad: a generic context, class at the end"
-
-    def build_custom_clip(self, classnames, clip_model):
-        return CustomCLIP(self.cfg, classnames, clip_model)
+    def check_context_init(self, node):
+        pass  # random, or the dataset's template
 
     def build_model(self):
         # the teacher first, as officially; loading it draws nothing from the seeded generator
