@@ -6,7 +6,7 @@ builds the trainer twice from the same train.py arguments and seed: this project
 `--trainer` name) before the `--import` modules are imported, then the imported file's. Both are fed the same
 training batches; before the first step and after each of `--steps` steps it prints, for the first `--images`
 test images, the largest difference of the two models' logits relative to their largest logit and the share of
-images whose top class agrees, and each step's two losses. In fp32 with the same computation the differences are
+images whose top class agrees, and each step's losses (`loss`, or each `*_loss` both summaries hold). In fp32 with the same computation the differences are
 0; files that keep their prompts in fp16 agree to fp16 rounding. Runs on the CPU keep the imported files'
 `.cuda()` calls on the CPU, as train.py does.
 """
@@ -58,30 +58,42 @@ def _build(arguments: list[str], imports: Sequence[str], trainer: str):
     return build_trainer(cfg), args
 
 
-def _logits(trainer, images: torch.Tensor) -> torch.Tensor:
+def eval_logits(trainer, images: torch.Tensor) -> torch.Tensor:
+    """The trainer's evaluation logits of `images` (fp32, on the CPU)."""
     trainer.set_model_mode("eval")
     with torch.no_grad():
         return trainer.model_inference(images.to(trainer.device)).float().cpu()
 
 
-def _step(trainer, batch: dict) -> float:
+def train_step(trainer, batch: dict) -> dict[str, float]:
+    """One training step on `batch`; the losses of its summary: `loss` and every `*_loss` (ProGrad's files log
+    `xe_loss` and `kl_loss` and no `loss`)."""
     trainer.set_model_mode("train")
     trainer.batch_idx, trainer.num_batches = 0, 2  # mid-epoch: no per-epoch LR step
-    return float(trainer.forward_backward(batch)["loss"])
+    summary = trainer.forward_backward(batch)
+    return {name: float(value) for name, value in summary.items() if name == "loss" or name.endswith("_loss")}
+
+
+def _losses_line(step: int, mine: dict[str, float], other: dict[str, float]) -> str:
+    shared = [name for name in mine if name in other]
+    if not shared:
+        raise UsageError(f"the two trainers' step summaries share no loss to compare: ours {sorted(mine)}, "
+                         f"theirs {sorted(other)}")
+    return f"step {step}: " + "; ".join(f"{name} ours {mine[name]:.6f}, theirs {other[name]:.6f}" for name in shared)
 
 
 def compare(ours, theirs, batches, images: torch.Tensor, steps: int) -> list[str]:
     """The report lines of `steps` steps of both trainers on `batches` (an iterator of training batches)."""
     lines = []
     for step in range(steps + 1):
-        mine, other = _logits(ours, images), _logits(theirs, images)
+        mine, other = eval_logits(ours, images), eval_logits(theirs, images)
         difference = float((other - mine).abs().max() / mine.abs().max())
         agree = float((other.argmax(dim=1) == mine.argmax(dim=1)).float().mean())
         lines.append(f"after {step} steps: logits differ by {difference:.2e} of the largest; top class agrees "
                      f"for {agree:.1%} of {len(images)} images")
         if step < steps:
             batch = next(batches)
-            lines.append(f"step {step + 1}: loss ours {_step(ours, batch):.6f}, theirs {_step(theirs, batch):.6f}")
+            lines.append(_losses_line(step + 1, train_step(ours, batch), train_step(theirs, batch)))
     return lines
 
 

@@ -40,3 +40,26 @@ def cuda_math_flags():
     yield flags
     for (module, name), value in zip(flags, saved):
         setattr(module, name, value)
+
+
+@pytest.fixture(scope="module")
+def colors_root(tmp_path_factory):
+    """A TinyColors tree (dassl_testutils.make_color_dataset: 3 classes, 8 pictures each) for a module's tests."""
+    from dassl_testutils import make_color_dataset
+
+    root = str(tmp_path_factory.mktemp("colors"))
+    make_color_dataset(root, per_class=8, size=10)
+    return root
+
+
+@pytest.fixture
+def exact_text(tmp_path, monkeypatch):
+    """The official-style comparisons' set-up: the random backbone written into this test's download cache, and
+    our text encoder without its exact truncation and prefix sharing, so that it runs the operations of the
+    official-style text encoders (all 77 positions of every prompt); pass trainers_testutils.EXACT_TEXT too."""
+    from clip import model as clip_model
+    from clip.download import CACHE_ENV
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(clip_model._truncation, "enabled", False)
+    monkeypatch.setattr(clip_model._prefix_sharing, "enabled", False)

@@ -147,15 +147,26 @@ class CustomCLIP(nn.Module):
 class OfficialStyleCoOp(TrainerX):
     """Context Optimization (CoOp), Zhou et al., IJCV 2022, in the official file's shape."""
 
+    # the CoOp followers in tests/ (KgCoOp, ProGrad) read their own node, build their own CustomCLIP and refuse
+    # amp (their official amp branches fail)
+    CONFIG_NODE = "COOP"
+    custom_clip_class = CustomCLIP
+    PRECISIONS = ["fp16", "fp32", "amp"]
+
     def check_cfg(self, cfg):
-        assert cfg.TRAINER.COOP.PREC in ["fp16", "fp32", "amp"]
-        assert not cfg.TRAINER.COOP.CSC and not cfg.TRAINER.COOP.CTX_INIT, (
-            "OfficialStyleCoOp learns a generic random context: set TRAINER.COOP.CSC False and TRAINER.COOP.CTX_INIT ''"
+        node = cfg.TRAINER[self.CONFIG_NODE]
+        assert node.PREC in self.PRECISIONS, f"{type(self).__name__}: PREC must be one of {self.PRECISIONS}"
+        assert not node.CSC and node.CLASS_TOKEN_POSITION == "end", (
+            f"{type(self).__name__} learns a generic context with the class name at the end: set "
+            f"TRAINER.{self.CONFIG_NODE}.CSC False and TRAINER.{self.CONFIG_NODE}.CLASS_TOKEN_POSITION 'end'"
         )
-        assert cfg.TRAINER.COOP.CLASS_TOKEN_POSITION == "end", (
-            f"OfficialStyleCoOp puts the class name at the end; got TRAINER.COOP.CLASS_TOKEN_POSITION "
-            f"{cfg.TRAINER.COOP.CLASS_TOKEN_POSITION!r}, set it to 'end'"
-        )
+        self.check_context_init(node)
+
+    def check_context_init(self, node):
+        assert not node.CTX_INIT, "OfficialStyleCoOp learns a random context: set TRAINER.COOP.CTX_INIT ''"
+
+    def build_custom_clip(self, classnames, clip_model):
+        return self.custom_clip_class(self.cfg, classnames, clip_model)
 
     def build_model(self):
         cfg = self.cfg
@@ -164,12 +175,13 @@ class OfficialStyleCoOp(TrainerX):
         print(f"Loading CLIP (backbone: {cfg.MODEL.BACKBONE.NAME})")
         clip_model = load_clip_to_cpu(cfg)
 
-        if cfg.TRAINER.COOP.PREC == "fp32" or cfg.TRAINER.COOP.PREC == "amp":
+        prec = cfg.TRAINER[self.CONFIG_NODE].PREC
+        if prec == "fp32" or prec == "amp":
             # CLIP's default precision is fp16
             clip_model.float()
 
         print("Building custom CLIP")
-        self.model = CustomCLIP(cfg, classnames, clip_model)
+        self.model = self.build_custom_clip(classnames, clip_model)
 
         print("Turning off gradients in both the image and the text encoder")
         for name, param in self.model.named_parameters():
@@ -185,7 +197,7 @@ class OfficialStyleCoOp(TrainerX):
         self.sched = build_lr_scheduler(self.optim, cfg.OPTIM)
         self.register_model("prompt_learner", self.model.prompt_learner, self.optim, self.sched)
 
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.TRAINER.COOP.PREC == "amp" else None
+        self.scaler = torch.amp.GradScaler(self.device.type) if prec == "amp" else None
 
         device_count = torch.cuda.device_count()
         if device_count > 1:

@@ -61,7 +61,12 @@ class ContextPromptLearner(nn.Module):
         print(f'Initial context: "{prompt_prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)
+        self.register_class_tokens(classnames, clip_model, prompt_prefix, n_ctx)
 
+    def register_class_tokens(self, classnames, clip_model, prompt_prefix, n_ctx):
+        """The fixed tokens around the context of the prompts "<prompt_prefix> <class name>." (ProGrad's
+        style file builds its own context, then these)."""
+        dtype = clip_model.dtype
         classnames = [name.replace("_", " ") for name in classnames]
         prompts = [prompt_prefix + " " + name + "." for name in classnames]
         tokenized_prompts = torch.cat([clip.tokenize(p) for p in prompts])

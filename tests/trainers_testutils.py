@@ -17,6 +17,8 @@ from trainers.common import SpeedOptions
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = "RandomInit-ViT-Tiny"
+# the config side of the `exact_text` fixture (tests/conftest.py): the trainers' text plans without truncation
+EXACT_TEXT = ("TRAINER.SPEEDUPS.TEXT_TRUNCATION", "False", "TRAINER.SPEEDUPS.SHARED_PREFIX", "False")
 
 
 def registered_cases() -> list:
@@ -78,3 +80,38 @@ def clip_state(model) -> dict:
 
 def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def colors_trainer(trainer: str, config: str, root: str, output_dir: str, *opts: str):
+    """`trainer` with the config `config` (under configs/trainers/) on the TinyColors dataset of
+    dassl_testutils.make_color_dataset at `root` (2 shots), seeded: two trainers built so from the same
+    arguments draw the same initial prompts (the official-style comparisons)."""
+    cfg = method_cfg(config, "TRAINER.NAME", trainer, "DATASET.NAME", "TinyColors", "DATASET.ROOT", root,
+                     "DATASET.NUM_SHOTS", "2", "OUTPUT_DIR", output_dir, *opts)
+    set_random_seed(1)
+    return build_trainer(cfg)
+
+
+def assert_steps_agree(mine, official, steps: int = 3, images: int = 8, tolerance: float = 5e-6) -> None:
+    """Train two CoOp-style trainers (each model's `prompt_learner.ctx` trained) on the same batches for `steps`
+    steps and assert that before and after each their evaluation logits on the first `images` test images, every
+    loss of their step summaries and their contexts agree to `tolerance` (relative and absolute); then that the
+    steps moved the logits, so the agreement is not that of two models left where they started."""
+    from scripts.compare_trainers import eval_logits, train_step
+
+    image = next(iter(mine.test_loader))["img"][:images]
+    before = eval_logits(mine, image)
+    torch.testing.assert_close(eval_logits(official, image), before, rtol=tolerance, atol=tolerance)
+    batches = iter(mine.train_loader_x)
+    for step in range(1, steps + 1):
+        batch = next(batches, None) or next(iter(mine.train_loader_x))
+        losses, official_losses = train_step(mine, batch), train_step(official, batch)
+        assert losses and losses.keys() == official_losses.keys(), (sorted(losses), sorted(official_losses))
+        for name, value in losses.items():
+            assert abs(value - official_losses[name]) <= tolerance * max(1.0, abs(value)), (
+                f"{name} at step {step}: {value} against {official_losses[name]}")
+        torch.testing.assert_close(mine.model.prompt_learner.ctx, official.model.prompt_learner.ctx, rtol=tolerance,
+                                   atol=tolerance, msg=f"context after step {step}")
+        torch.testing.assert_close(eval_logits(official, image), eval_logits(mine, image), rtol=tolerance,
+                                   atol=tolerance, msg=f"logits after step {step}")
+    assert not torch.allclose(eval_logits(mine, image), before, atol=1e-3)

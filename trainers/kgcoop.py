@@ -9,8 +9,8 @@ Facts of the official trainer (htyao89/KgCoOp, trainers/kgcoop.py, at c43ccc3):
   (`fp16_text_features`, a temporary fp16 copy in the other precisions);
 - the official scripts: 16 shots, N_CTX 4 from "a photo of a" (its CTX_INIT True), W 8.0, SGD 100 epochs.
 
-Deviations, none of which changes the method: the cosine is taken in fp32 (the official one in CLIP's dtype);
-the official `amp` branch fails (it takes the model's (logits, distance) pair for logits), ours trains with
+Deviations, none of which changes the method: the cosine is summed in fp32 (the official one in CLIP's dtype,
+the same under PREC fp32); the official `amp` branch fails (it takes the model's (logits, distance) pair for logits), ours trains with
 the distance under amp and bf16 too; a dataset without a template uses "a photo of a {}." (the official
 raises a KeyError); the official file's unused modules (`meta_net`, `bias_vectors`, `adapter`) are left out,
 and its checkpoints load (only `ctx` is trained in both).
@@ -62,9 +62,14 @@ def class_texts(templates: dict, dataset: str, classnames: Sequence[str]) -> lis
 
 
 def knowledge_distance(text_features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """1 - mean_c cos(text_c, reference_c), in fp32 (the official eps 1e-7)."""
+    """1 - mean_c cos(text_c, reference_c) as the official `CosineSimilarity(eps=1e-7)` computes it on fp32 learned
+    features and the fp16 reference: torch divides each side by its norm in that side's dtype, so the reference
+    is normalised once more in fp16 (an fp32 cosine would make it exactly unit and differ by its fp16 rounding,
+    1e-4 of the distance on the tests' backbone); the products are summed in fp32."""
     with torch.autocast(text_features.device.type, enabled=False):
-        return 1.0 - F.cosine_similarity(text_features.float(), reference.float(), dim=1, eps=1e-7).mean()
+        text = text_features.float()
+        text = text / text.norm(dim=-1, keepdim=True).clamp_min(1e-7)
+        return 1.0 - (text * fp16_normalize(reference)).sum(dim=1).mean()
 
 
 class KgCoOpCLIP(PromptedCLIP):
