@@ -147,6 +147,8 @@ class CustomCLIP(nn.Module):
 class OfficialStyleCoOp(TrainerX):
     """Context Optimization (CoOp), Zhou et al., IJCV 2022, in the official file's shape."""
 
+    custom_clip_class = CustomCLIP  # the TCP file builds its own on this trainer
+
     def check_cfg(self, cfg):
         assert cfg.TRAINER.COOP.PREC in ["fp16", "fp32", "amp"]
         assert not cfg.TRAINER.COOP.CSC and not cfg.TRAINER.COOP.CTX_INIT, (
@@ -169,7 +171,7 @@ class OfficialStyleCoOp(TrainerX):
             clip_model.float()
 
         print("Building custom CLIP")
-        self.model = CustomCLIP(cfg, classnames, clip_model)
+        self.model = self.custom_clip_class(cfg, classnames, clip_model)
 
         print("Turning off gradients in both the image and the text encoder")
         for name, param in self.model.named_parameters():

@@ -47,10 +47,12 @@ def demo_args(trainer: str, config: str, root: str, output_dir: str, *opts: str,
             "DATASET.NUM_SHOTS", "2", "DATASET.SUBSAMPLE_CLASSES", "base", "OPTIM.MAX_EPOCH", "1", *opts]
 
 
-def demo_trainer(trainer: str, config: str, root: str, output_dir: str, *opts: str):
-    """A trainer built from the same config as `python train.py <demo_args>` (seeded like train.py)."""
-    args = train.build_parser().parse_args(demo_args(trainer, config, root, output_dir, *opts))
-    train.import_plugins([])
+def demo_trainer(trainer: str, config: str, root: str, output_dir: str, *opts: str, imports: Sequence[str] = ()):
+    """A trainer built from the same config as `python train.py <demo_args>` (seeded like train.py); `imports`:
+    train.py's --import modules (an official-style file with a module-level extend_cfg)."""
+    extra = [arg for module in imports for arg in ("--import", module)]
+    args = train.build_parser().parse_args(demo_args(trainer, config, root, output_dir, *opts, extra=extra))
+    train.import_plugins(args.imports or [])
     cfg = train.setup_cfg(args)
     set_random_seed(cfg.SEED)
     return build_trainer(cfg)
@@ -78,3 +80,33 @@ def clip_state(model) -> dict:
 
 def same_tensors(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def eval_logits(trainer, image: torch.Tensor) -> torch.Tensor:
+    """The trainer's model's fp32 logits of `image` in eval mode, without gradients."""
+    trainer.set_model_mode("eval")
+    with torch.no_grad():
+        return trainer.model(image).float()
+
+
+def train_step(trainer, batch: dict) -> float:
+    """One forward_backward in train mode, mid-epoch (no LR step); the loss."""
+    trainer.set_model_mode("train")
+    trainer.batch_idx, trainer.num_batches = 0, 2
+    return float(trainer.forward_backward(batch)["loss"])
+
+
+def assert_steps_agree(mine, theirs, image: torch.Tensor, trained, steps: int = 4, tol: float = 5e-6) -> None:
+    """Step both trainers on the same batches (`mine`'s loader): after each step the losses, the trained tensors
+    (`trained(trainer)`: a dict of name -> tensor, the same names for both) and the eval logits of `image` agree
+    within `tol` (relative, and absolute near zero)."""
+    batches = iter(mine.train_loader_x)
+    for step in range(steps):
+        batch = next(batches, None) or next(iter(mine.train_loader_x))
+        loss_mine, loss_theirs = train_step(mine, batch), train_step(theirs, batch)
+        assert abs(loss_mine - loss_theirs) <= tol * max(1.0, abs(loss_theirs)), f"step {step + 1}"
+        ours, others = trained(mine), trained(theirs)
+        assert ours.keys() == others.keys()
+        for name in ours:
+            torch.testing.assert_close(ours[name], others[name], rtol=tol, atol=tol, msg=f"{name} after step {step + 1}")
+        torch.testing.assert_close(eval_logits(theirs, image), eval_logits(mine, image), rtol=tol, atol=tol)

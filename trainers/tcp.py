@@ -2,7 +2,8 @@
 learned context plus class-aware prompt tokens that a small meta-net (the "Textual Knowledge Embedding")
 computes from each class name's hand-written prompt features; they replace the context positions inside the
 text encoder, so every class gets a classifier of its own that follows its name, for unseen classes too.
-Trained with KgCoOp's loss: cross-entropy plus W times the distance to the hand-written prompts' features.
+Trained with KgCoOp's loss: cross-entropy plus W times the distance to the hand-written prompts' features
+(computed as the official call computes it, see `knowledge_distance`).
 
 Facts of the official trainer (htyao89/Textual-based_Class-aware_prompt_tuning, trainers/tcp.py, its forked
 clip in trainers/clip_text/model.py, configs/trainers/TCP/vit_b16_ep100_ctxv1.yaml and scripts/base2new_train.sh,
@@ -46,8 +47,9 @@ from clip.model import QuickGELU
 from dassl.config import ConfigError
 from dassl.engine import TRAINER_REGISTRY
 
-from .common import PromptedCLIP, SpeedOptions, TextPromptLearner, init_text_context, round_to_dtype_
-from .kgcoop import KgCoOp, KgCoOpCLIP, class_texts, fp16_normalize, fp16_text_features
+from .common import (PromptedCLIP, SpeedOptions, TextPromptLearner, cosine_logits, init_text_context,
+                     round_to_dtype_)
+from .kgcoop import KgCoOp, class_texts, fp16_normalize, fp16_text_features
 from .method import MethodSpec
 
 # The hand-written prompts whose features feed the meta-net and anchor the distance (official CUSTOM_TEMPLATES_ori;
@@ -145,13 +147,33 @@ class ClassAwarePromptLearner(TextPromptLearner):
         return [untouched] * (self.prompt_layer - 1) + [prompts]
 
 
-class TCPCLIP(KgCoOpCLIP):
-    """KgCoOp's prompted CLIP (forward(image, with_distance=True) adds the distance) on the class-aware prompt
-    learner; the distance's reference is the learner's knowledge normalised again, as the official forward does."""
+def knowledge_distance(text_features: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """1 - mean_c cos(t_c, t0_c) as the official call computes it: torch's cosine_similarity divides each input by
+    its norm in that input's own dtype, so the fp16 reference is normalised in fp16 (`reference` is that already)
+    and not again in fp32; the fp32 features are. (KgCoOp's fp32 cosine renormalises the reference: 1e-5 of the
+    loss apart, measured.) Computed in fp32 with autocast off."""
+    with torch.autocast(text_features.device.type, enabled=False):
+        text = text_features.float()
+        text = text / text.norm(dim=1, keepdim=True).clamp_min(1e-7)  # the official eps
+        return 1.0 - (text * reference.float()).sum(dim=1).mean()
+
+
+class TCPCLIP(PromptedCLIP):
+    """The prompted CLIP of the class-aware prompt learner; forward(image, with_distance=True) also gives the
+    knowledge-guided distance, whose reference is the learner's knowledge normalised twice more in fp16 (the
+    official forward, then its cosine_similarity: see `knowledge_distance`)."""
 
     def __init__(self, clip_model: nn.Module, prompt_learner: ClassAwarePromptLearner, options: SpeedOptions):
         super().__init__(clip_model, prompt_learner, options)
-        self.reference_features = fp16_normalize(prompt_learner.class_knowledge)
+        reference = fp16_normalize(fp16_normalize(prompt_learner.class_knowledge))
+        self.register_buffer("reference_features", reference, persistent=False)  # rebuilt from the class names
+
+    def forward(self, image: torch.Tensor, with_distance: bool = False):
+        image_features, text_features = self.features(image)
+        logits = cosine_logits(self.logit_scale(), image_features, text_features)
+        if not with_distance:
+            return logits
+        return logits, knowledge_distance(text_features, self.reference_features)
 
 
 @TRAINER_REGISTRY.register()
