@@ -147,8 +147,8 @@ class CustomCLIP(nn.Module):
 class OfficialStyleCoOp(TrainerX):
     """Context Optimization (CoOp), Zhou et al., IJCV 2022, in the official file's shape."""
 
-    # the CoOp followers in tests/ (KgCoOp, ProGrad) read their own node, build their own CustomCLIP and refuse
-    # amp (their official amp branches fail)
+    # the CoOp followers in tests/ (KgCoOp, ProGrad, TCP) read their own node and build their own CustomCLIP;
+    # KgCoOp and ProGrad refuse amp (their official amp branches fail)
     CONFIG_NODE = "COOP"
     custom_clip_class = CustomCLIP
     PRECISIONS = ["fp16", "fp32", "amp"]

@@ -41,7 +41,9 @@ class ContextPromptLearner(nn.Module):
     """The text side the MaPLe and IVLP files share: n_ctx learned tokens after SOS, initialised from the
     first n_ctx words of CTX_INIT when n_ctx <= 4 (the prefix string is the whole phrase), else random."""
 
-    def __init__(self, classnames, clip_model, n_ctx, ctx_init, imsize):
+    def __init__(self, classnames, clip_model, n_ctx, ctx_init, imsize, prompts=None):
+        # prompts: the full texts whose positions 1..n_ctx the context replaces (TCP's templates); by default the
+        # prefix, the class name and a full stop
         super().__init__()
         dtype = clip_model.dtype
         ctx_dim = clip_model.ln_final.weight.shape[0]
@@ -61,14 +63,14 @@ class ContextPromptLearner(nn.Module):
         print(f'Initial context: "{prompt_prefix}"')
         print(f"Number of context words (tokens): {n_ctx}")
         self.ctx = nn.Parameter(ctx_vectors)
-        self.register_class_tokens(classnames, clip_model, prompt_prefix, n_ctx)
+        self.register_class_tokens(classnames, clip_model, prompt_prefix, n_ctx, prompts)
 
-    def register_class_tokens(self, classnames, clip_model, prompt_prefix, n_ctx):
+    def register_class_tokens(self, classnames, clip_model, prompt_prefix, n_ctx, prompts=None):
         """The fixed tokens around the context of the prompts "<prompt_prefix> <class name>." (ProGrad's
         style file builds its own context, then these)."""
         dtype = clip_model.dtype
         classnames = [name.replace("_", " ") for name in classnames]
-        prompts = [prompt_prefix + " " + name + "." for name in classnames]
+        prompts = prompts or [prompt_prefix + " " + name + "." for name in classnames]
         tokenized_prompts = torch.cat([clip.tokenize(p) for p in prompts])
         with torch.no_grad():
             embedding = clip_model.token_embedding(tokenized_prompts).type(dtype)
