@@ -81,9 +81,10 @@ def test_the_residual_mix_and_the_logits():
     assert w1.shape == (width // 4, width) and w2.shape == (width, width // 4)
 
 
-@pytest.mark.parametrize("prec", ["fp32", "fp16", "amp", "bf16"])
-def test_every_precision_trains_only_the_adapter_and_saves_it(prec, data_root, tmp_path):
-    trainer = demo_trainer("CLIP_Adapter", CONFIG, data_root, str(tmp_path), "TRAINER.CLIP_ADAPTER.PREC", prec)
+# fp16, where an fp32 adapter over a half-precision CLIP can go wrong; every declared precision takes a step in
+# tests/test_registered_trainers.py
+def test_under_fp16_trains_only_the_fp32_adapter_and_saves_it(data_root, tmp_path):
+    trainer = demo_trainer("CLIP_Adapter", CONFIG, data_root, str(tmp_path), "TRAINER.CLIP_ADAPTER.PREC", "fp16")
     frozen = clip_state(trainer.model)
     before = {n: p.detach().clone() for n, p in trainer.model.clip_adapter.named_parameters()}
     trainer.train()

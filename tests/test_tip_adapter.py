@@ -128,10 +128,11 @@ def test_tip_adapter_f_steps_are_the_official_ones(data_root, tmp_path):
     assert not torch.allclose(cache.keys.detach(), initial, atol=1e-3)
 
 
+# fp16, where fp32 keys built from a half-precision CLIP can go wrong; every declared precision takes a step in
+# tests/test_registered_trainers.py
 @pytest.mark.parametrize("name", ["TipAdapter", "TipAdapterF"])
-@pytest.mark.parametrize("prec", ["fp32", "fp16", "amp", "bf16"])
-def test_every_precision_fits_or_trains_the_cache_and_saves_it(name, prec, data_root, tmp_path):
-    trainer = demo_trainer(name, f"{name}/tiny.yaml", data_root, str(tmp_path), "TRAINER.TIP_ADAPTER.PREC", prec)
+def test_under_fp16_fits_or_trains_the_fp32_cache_and_saves_it(name, data_root, tmp_path):
+    trainer = demo_trainer(name, f"{name}/tiny.yaml", data_root, str(tmp_path), "TRAINER.TIP_ADAPTER.PREC", "fp16")
     frozen = clip_state(trainer.model)
     trainer.train()
     assert same_tensors(frozen, clip_state(trainer.model))
