@@ -53,13 +53,14 @@ def colors_root(tmp_path_factory):
 
 
 @pytest.fixture
-def exact_text(tmp_path, monkeypatch):
-    """The official-style comparisons' set-up: the random backbone written into this test's download cache, and
-    our text encoder without its exact truncation and prefix sharing, so that it runs the operations of the
-    official-style text encoders (all 77 positions of every prompt); pass trainers_testutils.EXACT_TEXT too."""
+def exact_text(tmp_path_factory, monkeypatch):
+    """The official-style comparisons' set-up: a download cache shared by the session's tests that use it (the
+    random backbones written there are seeded by their names, so each is written once), and our text encoder
+    without its exact truncation and prefix sharing, so that it runs the operations of the official-style text
+    encoders (all 77 positions of every prompt); pass trainers_testutils.EXACT_TEXT too."""
     from clip import model as clip_model
     from clip.download import CACHE_ENV
 
-    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path_factory.getbasetemp() / "exact_text_clip_cache"))
     monkeypatch.setattr(clip_model._truncation, "enabled", False)
     monkeypatch.setattr(clip_model._prefix_sharing, "enabled", False)
